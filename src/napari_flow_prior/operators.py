@@ -61,6 +61,11 @@ def _hash(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
 
+def _spectral_norm(a: np.ndarray) -> float:
+    """Largest singular value (torch LAPACK, so it follows torch's thread settings)."""
+    return float(torch.linalg.matrix_norm(torch.from_numpy(np.asarray(a, np.float64)), ord=2))
+
+
 def _symmetric_index(n: int, before: int, after: int) -> np.ndarray:
     """Indices of a half-sample symmetric extension (numpy 'symmetric' = scipy 'reflect')."""
     j = np.arange(-before, n + after) % (2 * n)
@@ -76,6 +81,7 @@ class LinearOperator:
     def __init__(self, shape):
         self.shape = _check_image_shape(shape)
         self._cache: dict[tuple, torch.Tensor] = {}
+        self._norm: float | None = None
 
     # ------------------------------------------------------------------ sizes and provenance
     @property
@@ -168,8 +174,18 @@ class LinearOperator:
             return y + torch.as_tensor(delta, dtype=y.dtype, device=y.device)
         return (y + delta).astype(y.dtype)
 
-    def norm(self, n_iter: int = 100, tol: float = 1e-7, seed: int = 0) -> float:
-        """Operator norm ||A||_2 = sqrt(largest eigenvalue of A^T A), by power iteration."""
+    def norm(self) -> float:
+        """Operator norm ||A||_2: closed form where known, else :meth:`power_norm`; computed once
+        per operator (a pure function of its construction parameters) and cached."""
+        if self._norm is None:
+            self._norm = float(self._closed_form_norm() or self.power_norm())
+        return self._norm
+
+    def _closed_form_norm(self) -> float | None:
+        return None
+
+    def power_norm(self, n_iter: int = 100, tol: float = 1e-7, seed: int = 0) -> float:
+        """||A||_2 = sqrt(largest eigenvalue of A^T A), by power iteration (float64)."""
         x = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, *self.shape)))
         x /= torch.linalg.vector_norm(x)
         lam = 0.0
@@ -352,7 +368,7 @@ class Mask(LinearOperator):
                 "per_channel": self._observed.ndim == 3 and len(self.shape) == 3,
                 "mask_sha1": _hash(np.packbits(self._observed))}
 
-    def norm(self, *args, **kwargs) -> float:
+    def _closed_form_norm(self) -> float:
         return 1.0
 
     # maths --------------------------------------------------------------------------------
@@ -575,8 +591,8 @@ class GaussianProjection(LinearOperator):
         return {**super().describe(), "ratio": self.ratio, "block": self.block,
                 "seed": self.seed if isinstance(self.seed, (int, type(None))) else str(self.seed)}
 
-    def norm(self, *args, **kwargs) -> float:
-        return max(float(np.linalg.norm(a, 2)) for a in self._mats.values())
+    def _closed_form_norm(self) -> float:
+        return max(_spectral_norm(a) for a in self._mats.values())
 
     # maths --------------------------------------------------------------------------------
     def _blocks(self, x, r0, n_r, bh, c0, n_c, bw):
@@ -627,7 +643,8 @@ class GaussianProjection(LinearOperator):
             for key, a in self._mats.items():
                 gram = a @ a.T + ridge * np.eye(a.shape[0])
                 # (m_b, n_b) matrix P^T with P = A^T (A A^T + ridge)^-1, applied like A^T
-                self._pinv_mats[key] = np.linalg.solve(gram, a)
+                self._pinv_mats[key] = torch.linalg.solve(
+                    torch.from_numpy(gram), torch.from_numpy(a)).numpy()
         return self._apply_blocks_t(y, self._pinv_mats, f"pinv{ridge}_")
 
 
@@ -667,10 +684,10 @@ class Matrix(LinearOperator):
         return {**super().describe(), "matrix_sha1": _hash(self._A),
                 "frobenius": float(np.linalg.norm(self._A))}
 
-    def norm(self, *args, **kwargs) -> float:
+    def _closed_form_norm(self) -> float | None:
         if min(self._A.shape) <= 2048:
-            return float(np.linalg.norm(self._A, 2))
-        return super().norm(*args, **kwargs)
+            return _spectral_norm(self._A)
+        return None
 
     def _forward(self, x):
         return x.reshape(x.shape[0], -1) @ self._tensor("A", self._A, x).T
@@ -680,5 +697,5 @@ class Matrix(LinearOperator):
 
     def _pseudo_inverse(self, y):
         if self._pinv is None:
-            self._pinv = np.linalg.pinv(self._A)
+            self._pinv = torch.linalg.pinv(torch.from_numpy(self._A)).numpy()
         return (y @ self._tensor("pinv", self._pinv, y).T).reshape(y.shape[0], *self.shape)
