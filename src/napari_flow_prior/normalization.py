@@ -1,0 +1,56 @@
+"""Intensity scaling to the [0, 1] range the models work on, and the way back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT = {"low_pct": 1.0, "high_pct": 99.8, "clip": True}
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """x01 = (x - low) / (high - low), per channel; ``restore`` maps back to the input's units."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def apply(self, image: np.ndarray, clip: bool = False) -> np.ndarray:
+        out = (np.asarray(image, np.float32) - self.low) / (self.high - self.low)
+        return np.clip(out, 0, 1) if clip else out
+
+    def restore(self, image01: np.ndarray) -> np.ndarray:
+        return np.asarray(image01, np.float32) * (self.high - self.low) + self.low
+
+
+def percentile_scaling(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.8,
+                       observed: np.ndarray | None = None, channel_axis: int | None = None) -> Scaling:
+    """Percentiles of the (observed, finite) pixels, per channel when ``channel_axis`` is given.
+
+    A constant image gets high = low + 1, so it maps to 0 instead of dividing by zero.
+    """
+    image = np.asarray(image, np.float32)
+    if not 0 <= low_pct < high_pct <= 100:
+        raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
+    keep = np.isfinite(image)
+    if observed is not None:
+        keep &= np.broadcast_to(np.asarray(observed, bool), image.shape)
+    if channel_axis is None:
+        channels = [(image, keep)]
+    else:
+        channels = list(zip(np.moveaxis(image, channel_axis, 0), np.moveaxis(keep, channel_axis, 0)))
+    lows, highs = [], []
+    for values, mask in channels:
+        values = values[mask]
+        if values.size == 0:
+            raise ValueError("no observed, finite pixel to compute the intensity range from")
+        lo, hi = np.percentile(values, [low_pct, high_pct])
+        if hi <= lo:
+            hi = lo + 1.0
+        lows.append(lo)
+        highs.append(hi)
+    shape = [1] * image.ndim
+    if channel_axis is not None:
+        shape[channel_axis] = -1
+    return Scaling(np.float32(lows).reshape(shape), np.float32(highs).reshape(shape))
