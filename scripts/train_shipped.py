@@ -28,11 +28,15 @@ PATCH_CONFIGS = {
     "A": dict(levels=3, steps_per_level=8, hidden=64, patch=32, batch=128),
     "B": dict(levels=3, steps_per_level=8, hidden=128, patch=64, batch=64),
     "C": dict(levels=4, steps_per_level=12, hidden=96, patch=64, batch=64),
+    # CPU-sized candidates
+    "S": dict(levels=3, steps_per_level=4, hidden=48, patch=32, batch=32),
+    "D": dict(levels=2, steps_per_level=8, hidden=64, patch=32, batch=32),
 }
 DIGIT_CONFIGS = {
     "A": dict(levels=3, steps_per_level=8, hidden=64, patch=28, batch=128, augment=False),
     "B": dict(levels=3, steps_per_level=16, hidden=128, patch=28, batch=128, augment=False),
     "C": dict(levels=2, steps_per_level=16, hidden=128, patch=28, batch=128, augment=False),
+    "S": dict(levels=3, steps_per_level=8, hidden=64, patch=28, batch=64, augment=False),
 }
 CONFIGS = {"nuclei": PATCH_CONFIGS, "medical": PATCH_CONFIGS, "digits": DIGIT_CONFIGS}
 DOMAIN = {
@@ -62,12 +66,20 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--init", default=None, help="fine-tune this model file instead of starting fresh")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--name", default=None, help="output name (default MODEL-CONFIG)")
     args = ap.parse_args(argv)
     data = Path(args.data)
-    cfg = TrainConfig(**CONFIGS[args.model][args.config], steps=args.steps, minutes=args.minutes,
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch = dict(CONFIGS[args.model][args.config])
+    if args.batch:
+        arch["batch"] = args.batch
+    cfg = TrainConfig(**arch, steps=args.steps, minutes=args.minutes,
                       normalize=False, device=args.device, seed=args.seed, val_every=500,
                       checkpoint_every=2000)
-    out = Path(args.out) / f"{args.model}-{args.config}.safetensors"
+    out = Path(args.out) / f"{args.name or args.model + '-' + args.config}.safetensors"
     t0 = time.time()
     model = train(split_files(data, args.model, "train"), out, cfg, domain=DOMAIN[args.model],
                   val_images=split_files(data, args.model, "val"), init=args.init,
@@ -78,7 +90,7 @@ def main(argv=None):
         "test_bpd": validation_bpd(model, planes_of(split_files(data, args.model, "test")), device, draws=4),
     }
     save_model(model, out, metrics=metrics)
-    summary = {"model": args.model, "config": args.config, **CONFIGS[args.model][args.config], **metrics,
+    summary = {"model": args.model, "config": args.config, **arch, **metrics, "init": args.init,
                "steps": model.metadata["training"]["steps"], "seconds": round(time.time() - t0, 1),
                "hardware": model.metadata["training"]["hardware"],
                "params": sum(p.numel() for p in model.parameters())}
