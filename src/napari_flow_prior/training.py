@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .flows import FlowModel, build_model, load_model, save_model
 from .imageio import as_planes, image_files, read_image
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
@@ -81,22 +82,6 @@ class Dataset:
     positions: np.ndarray  # (N, 3) int: image index, row, column of allowed patch corners
     val: list[np.ndarray] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA, then MPS, then the CPU; an explicit device must exist."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but MPS is not available; use 'auto' or 'cpu'")
-    return device
 
 
 def to_unit_range(plane: np.ndarray, config: TrainConfig, name: str) -> np.ndarray:

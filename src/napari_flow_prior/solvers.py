@@ -1,0 +1,400 @@
+"""Likelihood-regularized reconstruction: y = A x + noise -> x, with a flow prior p(x).
+
+Methods (``reconstruct(..., method=...)``):
+
+- ``"map"``  minimise ||A x - y||^2 / (2 sigma^2) - weight * log p(x) (full log p, log-dets
+  included), over the image x, from the operator's pseudo-inverse;
+- ``"latent"``  minimise ||A G(z) - y||^2 + weight * ||z||^2 over the latent z (Asim et al.),
+  from z = 0 or from the encoded pseudo-inverse (``init="pinv"``);
+- ``"mle"``  maximise p(x) subject to A x = y: only the unobserved pixels move for a mask; x stays
+  in y's affine space by projection for Matrix and GaussianProjection.
+
+``reconstruct_steps`` is the engine: a generator that yields ``Progress`` after each optimiser
+step and returns a ``Result``; closing it, or a ``cancel`` callable returning True, stops it
+within one evaluation of the objective. Images are in [0, 1]; see ``normalize``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import operators as ops
+from .devices import available_devices, resolve_device
+from .flows import FlowModel, Latent
+from .normalization import DEFAULT as DEFAULT_NORMALIZATION
+from .normalization import Scaling, percentile_scaling
+
+METHODS = ("map", "latent", "mle")
+NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
+
+
+class Cancelled(Exception):
+    """Raised when a reconstruction is cancelled through its ``cancel`` callable."""
+
+
+@dataclass
+class Progress:
+    iteration: int
+    total: int
+    loss: float
+
+
+@dataclass
+class Result:
+    image: np.ndarray
+    log_density: np.ndarray
+    losses: list[float]
+    n_iter: int
+    seconds: float
+    device: str
+    method: str
+    params: dict = field(default_factory=dict)
+    noise_sigma: float | None = None
+
+
+# Defaults per (method, operator kind): iterations, weight, optimiser, learning rate.
+DEFAULTS = {
+    ("map", "mask"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("map", "blur"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("map", "cs"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("map", "matrix"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("latent", "mask"): dict(iterations=100, weight=0.0, optimizer="lbfgs", lr=1.0),
+    ("latent", "blur"): dict(iterations=100, weight=0.0, optimizer="lbfgs", lr=1.0),
+    ("latent", "cs"): dict(iterations=100, weight=0.0, optimizer="lbfgs", lr=1.0),
+    ("latent", "matrix"): dict(iterations=100, weight=0.0, optimizer="lbfgs", lr=1.0),
+    ("mle", "mask"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("mle", "cs"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+    ("mle", "matrix"): dict(iterations=150, weight=1.0, optimizer="lbfgs", lr=1.0),
+}
+
+
+def normalize(image, observed=None, model: FlowModel | None = None) -> tuple[np.ndarray, Scaling]:
+    """Scale an image to the [0, 1] range of ``model`` (its ``normalization`` metadata: percentiles
+    over the observed, finite pixels), returning the scaled image and the ``Scaling`` whose
+    ``restore`` maps results back to the input's units. The input is never modified."""
+    norm = dict(DEFAULT_NORMALIZATION)
+    if model is not None:
+        norm.update(model.metadata.get("normalization") or {})
+    scaling = percentile_scaling(image, norm["low_pct"], norm["high_pct"], observed=observed)
+    scaled = scaling.apply(image, clip=bool(norm.get("clip", True)))
+    if observed is not None:
+        scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0).astype(np.float32)
+    return scaled, scaling
+
+
+def estimate_noise_sigma(y: np.ndarray, op) -> float:
+    """Noise standard deviation of measured data from its finest diagonal Haar details (the
+    estimator of scikit-image's estimate_sigma), using only fully observed 2x2 blocks for a mask."""
+    if op.kind not in ("mask", "blur"):
+        raise ValueError("noise_sigma='auto' needs image-shaped measurements (mask or blur); "
+                         f"give a number for {op.kind!r} measurements")
+    y = np.asarray(y, np.float64).reshape((-1, *op.shape[-2:]))
+    observed = np.ones(y.shape, bool)
+    if op.kind == "mask":
+        observed = np.broadcast_to(op.observed_full.reshape((-1, *op.shape[-2:])), y.shape)
+    h, w = (y.shape[1] // 2) * 2, (y.shape[2] // 2) * 2
+    blocks = y[:, :h, :w].reshape(y.shape[0], h // 2, 2, w // 2, 2)
+    full = observed[:, :h, :w].reshape(y.shape[0], h // 2, 2, w // 2, 2).all(axis=(2, 4))
+    diag = (blocks[:, :, 0, :, 0] - blocks[:, :, 0, :, 1] - blocks[:, :, 1, :, 0] + blocks[:, :, 1, :, 1]) / 2
+    values = diag[full]
+    if values.size < 16:
+        raise ValueError("too few observed 2x2 blocks to estimate the noise; give noise_sigma as a number")
+    return float(np.median(np.abs(values)) / 0.6745)
+
+
+def _defaults(method: str, kind: str) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method == "mle" and kind == "blur":
+        raise ValueError("method 'mle' needs measurements that fix part of the image exactly (mask, "
+                         "compressed sensing); for deblurring use method='map'")
+    return dict(DEFAULTS[(method, kind if kind in ("mask", "blur", "cs") else "matrix")])
+
+
+def _check_inputs(y, op, model: FlowModel):
+    if not isinstance(op, ops.LinearOperator):
+        raise TypeError(f"op must be an operator from napari_flow_prior.operators, got {type(op).__name__}")
+    y = np.array(y, dtype=np.float64 if model.dtype == torch.float64 else np.float32, copy=True)
+    if tuple(y.shape) != tuple(op.out_shape):
+        raise ValueError(f"measurements have shape {y.shape} but the operator produces {tuple(op.out_shape)}")
+    channels = op.shape[0] if len(op.shape) == 3 else 1
+    if channels != model.channels:
+        raise ValueError(f"the image has {channels} channel(s) but the model is for {model.channels}; "
+                         "use channel_axis= to run a 1-channel model on each channel")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        if op.kind != "mask":
+            raise ValueError(f"the measurements contain {int(bad.sum())} NaN/infinite values; only a "
+                             "mask can treat them as missing pixels")
+        observed = op.observed_full & ~bad
+        op = ops.Mask(observed, shape=op.shape)
+        y[bad] = 0
+    if op.kind == "mask":
+        if not op.observed_full.any():
+            raise ValueError("the mask leaves no observed pixel: nothing to reconstruct from")
+        y = y * op.observed_full  # y at unobserved pixels is ignored
+    return y, op
+
+
+def _minimize(params, objective, *, iterations, optimizer, lr, tol, cancel):
+    """Generator: minimise ``objective()`` over ``params``; yields (iteration, loss).
+
+    A non-finite loss or parameter steps back to the last good point with half the step size.
+    Stops after ``iterations`` steps or when the relative change of the parameters,
+    ||p_k - p_(k-1)|| / ||p_k||, stays below ``tol`` for 5 steps.
+    """
+    def make():
+        if optimizer == "lbfgs":
+            return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected 'lbfgs' or 'adam'")
+
+    opt = make()
+    good = [p.detach().clone() for p in params]
+    previous, calm = math.inf, 0
+
+    def relative_change():
+        num = sum(float((p.detach() - g).pow(2).sum()) for p, g in zip(params, good))
+        den = sum(float(p.detach().pow(2).sum()) for p in params)
+        return math.sqrt(num / max(den, 1e-24))
+
+    def closure():
+        if cancel is not None and cancel():
+            raise Cancelled("reconstruction cancelled")
+        opt.zero_grad(set_to_none=True)
+        loss = objective()
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss
+
+    for it in range(1, iterations + 1):
+        loss = opt.step(closure)
+        value = float(loss.detach())
+        finite = math.isfinite(value) and all(torch.isfinite(p).all() for p in params)
+        if not finite:
+            with torch.no_grad():
+                for p, g in zip(params, good):
+                    p.copy_(g)
+            lr /= 2
+            opt = make()
+            yield it, previous
+            continue
+        calm = calm + 1 if relative_change() < tol else 0
+        for p, g in zip(params, good):
+            g.copy_(p.detach())
+        previous = value
+        yield it, value
+        if calm >= 5:
+            return
+
+
+def reconstruct_steps(
+    y,
+    op,
+    model: FlowModel,
+    *,
+    method: str = "map",
+    noise_sigma: float | str = 0.01,
+    iterations: int | None = None,
+    weight: float | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    init: str | np.ndarray = "pinv",
+    tol: float = 1e-5,
+    device: str = "auto",
+    seed: int = 0,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Progress]:
+    """Reconstruct one image from measurements ``y = op(x) + noise``; see the module docstring.
+
+    ``weight`` is the prior weight (lambda for map, gamma for latent); ``init`` is "pinv" (the
+    operator's pseudo-inverse), "zero" (z = 0, latent only) or an image. Yields ``Progress``,
+    returns ``Result``.
+    """
+    t0 = time.time()
+    y, op = _check_inputs(y, op, model)
+    settings = _defaults(method, op.kind)
+    for key, value in (("iterations", iterations), ("weight", weight), ("optimizer", optimizer), ("lr", lr)):
+        if value is not None:
+            settings[key] = value
+    if isinstance(noise_sigma, str):
+        if noise_sigma != "auto":
+            raise ValueError(f"noise_sigma must be a number or 'auto', got {noise_sigma!r}")
+        noise_sigma = estimate_noise_sigma(y, op)
+    noise_sigma = float(noise_sigma)
+    if not noise_sigma >= 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model = model.to(dev).eval()
+    dtype = model.dtype
+    for p in model.parameters():
+        p.requires_grad_(False)
+    shape = tuple(op.shape)
+    image_shape = (1, model.channels, *shape[-2:])
+    y_t = torch.as_tensor(y, device=dev, dtype=dtype)
+
+    if isinstance(init, str):
+        if init not in ("pinv", "zero"):
+            raise ValueError(f"init must be 'pinv', 'zero' or an image, got {init!r}")
+        x0 = op.pseudo_inverse(y_t) if init == "pinv" else torch.full(shape, 0.5, device=dev, dtype=dtype)
+        if op.kind == "mask" and init == "pinv":
+            observed = torch.as_tensor(np.array(op.observed_full), device=dev)
+            fill = y_t[observed].mean() if observed.any() else 0.5
+            x0 = torch.where(observed, y_t, fill)
+    else:
+        x0 = torch.as_tensor(np.asarray(init), device=dev, dtype=dtype)
+        if tuple(x0.shape) != shape:
+            raise ValueError(f"init image has shape {tuple(x0.shape)}, expected {shape}")
+    x0 = x0.detach().clamp(0, 1).reshape(image_shape)
+    n_pixels = float(np.prod(shape))
+    sigma2 = max(noise_sigma, NOISE_FLOOR) ** 2
+    lam = float(settings["weight"])
+
+    def residual(x):
+        return op.forward(x.reshape(shape)) - y_t
+
+    if method == "map":
+        x = x0.clone().requires_grad_(True)
+        params = [x]
+
+        def objective():
+            data = residual(x).pow(2).sum() / (2 * sigma2)
+            return (data - lam * model.log_prob(x).sum()) / n_pixels
+
+        def current():
+            return x.detach()
+    elif method == "latent":
+        if init == "zero":
+            latent = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*shape[-2:])], shape[-2:])
+        else:
+            with torch.no_grad():
+                latent = model.encode(x0.clamp(1e-3, 1 - 1e-3))
+        latent = latent.map(lambda p: p.detach().clone().requires_grad_(True))
+        params = latent.parts
+
+        def objective():
+            x = model.decode(latent)
+            return (residual(x).pow(2).sum() + lam * latent.squared_norm().sum()) / n_pixels
+
+        def current():
+            with torch.no_grad():
+                return model.decode(latent)
+    else:  # mle: maximise log p(x) on {x : A x = y}
+        if op.kind == "mask":
+            observed = torch.as_tensor(np.array(op.observed_full), device=dev).reshape(image_shape)
+            free = x0.clone().requires_grad_(True)
+            params = [free]
+
+            def image():
+                return torch.where(observed, y_t.reshape(image_shape), free)
+        else:
+            # x = x_p + (v - A^+ A v): x_p = A^+ y satisfies A x_p = y, the rest is in null(A)
+            x_p = op.pseudo_inverse(y_t).reshape(image_shape)
+            v = (x0 - x_p).clone().requires_grad_(True)
+            params = [v]
+
+            def image():
+                null = v - op.pseudo_inverse(op.forward(v.reshape(shape))).reshape(image_shape)
+                return x_p + null
+
+        def objective():
+            return -model.log_prob(image()).sum() / n_pixels
+
+        def current():
+            with torch.no_grad():
+                return image()
+
+    losses: list[float] = []
+    total = int(settings["iterations"])
+    for it, value in _minimize(params, objective, iterations=total, optimizer=settings["optimizer"],
+                               lr=float(settings["lr"]), tol=tol, cancel=cancel):
+        losses.append(value)
+        yield Progress(it, total, value)
+
+    x = current()
+    if not torch.isfinite(x).all():  # cannot happen after the guard above; never return NaN
+        x = torch.nan_to_num(x, nan=0.5, posinf=1.0, neginf=0.0)
+    with torch.no_grad():
+        density = model.log_density_map(x)[0, 0]
+    image = x.reshape(shape).detach().cpu().numpy().astype(np.float32)
+    params = {"method": method, **settings, "noise_sigma": noise_sigma, "init": init if isinstance(init, str) else "image",
+              "tol": tol, "seed": seed, "operator": op.describe(), "model": model.metadata.get("name"),
+              "model_sha256": model.metadata.get("sha256")}
+    return Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
+                  n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
+                  params=params, noise_sigma=noise_sigma)
+
+
+def _run(gen, callback=None):
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(progress)
+
+
+def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, callback=None, **kwargs) -> Result:
+    """Run ``reconstruct_steps`` to the end (``callback(progress)`` after each step).
+
+    With ``channel_axis``, ``y`` holds several channels and a 1-channel model reconstructs each
+    with the (single-channel) operator ``op``; the results are stacked on that axis.
+    """
+    if channel_axis is None:
+        return _run(reconstruct_steps(y, op, model, **kwargs), callback)
+    return _run(reconstruct_stack_steps(y, op, model, axis=channel_axis, **kwargs), callback)
+
+
+def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **kwargs) -> Iterator[Progress]:
+    """Plane by plane along ``axis`` (a z-stack, time series, or channels with a 1-channel model);
+    yields the progress of every plane and returns a Result whose arrays are stacked on ``axis``."""
+    y_stack = np.asarray(y_stack)
+    planes = np.moveaxis(y_stack, axis, 0)
+    results = []
+    for index, plane in enumerate(planes):
+        gen = reconstruct_steps(plane, op, model, **kwargs)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                results.append(stop.value)
+                break
+            yield Progress(index * p.total + p.iteration, len(planes) * p.total, p.loss)
+    first = results[0]
+    return Result(
+        image=np.moveaxis(np.stack([r.image for r in results]), 0, axis),
+        log_density=np.stack([r.log_density for r in results]),
+        losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
+        seconds=sum(r.seconds for r in results), device=first.device, method=first.method,
+        params={**first.params, "planes": len(results), "axis": axis}, noise_sigma=first.noise_sigma)
+
+
+def reconstruct_stack(y_stack, op, model: FlowModel, *, axis: int = 0, callback=None, **kwargs) -> Result:
+    """``reconstruct_stack_steps`` run to the end."""
+    return _run(reconstruct_stack_steps(y_stack, op, model, axis=axis, **kwargs), callback)
+
+
+def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
+    """Per-pixel log-density (H, W) in nats of an image in [0, 1] ((H, W) or (C, H, W)), summed
+    over channels; its sum is log p(image)."""
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("the image contains NaN or infinite pixels")
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    with torch.no_grad():
+        x = torch.as_tensor(image[None], device=dev, dtype=model.dtype)
+        return model.log_density_map(x)[0, 0].cpu().numpy().astype(np.float32)

@@ -1,0 +1,239 @@
+"""The reconstruction engine on tiny models and images (CI-sized)."""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_flow_prior as nfp
+from napari_flow_prior import operators as ops
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny Glow fitted for a few steps to smooth blobs, so its prior means something."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    centres = torch.rand(128, 2) * 16
+    data = torch.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 20)[:, None]
+    m = nfp.build_model("glow", levels=2, steps=2, hidden=16, seed=0)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(60):
+        batch = (torch.round(data[torch.randint(0, 128, (32,))] * 255) + torch.rand(32, 1, 16, 16)) / 256
+        loss = -m.log_prob(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture
+def image():
+    yy, xx = np.mgrid[0:16, 0:16]
+    return (0.15 + 0.7 * np.exp(-((yy - 7.0) ** 2 + (xx - 9.0) ** 2) / 18)).astype(np.float32)
+
+
+def misfit(op, x, y):
+    return float(np.sum((op.forward(np.asarray(x, np.float32)) - y) ** 2))
+
+
+OPERATORS = {
+    "mask": lambda shape: ops.Mask.random(shape, missing_fraction=0.6, seed=1),
+    "blur": lambda shape: ops.Blur(shape, sigma=1.0),
+    "cs": lambda shape: ops.GaussianProjection(shape, ratio=0.4, seed=1, block=8),
+}
+
+
+@pytest.mark.parametrize("method", ["map", "latent", "mle"])
+@pytest.mark.parametrize("kind", OPERATORS)
+def test_methods_lower_the_data_misfit(model, image, kind, method):
+    op = OPERATORS[kind](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    if method == "mle" and kind == "blur":
+        with pytest.raises(ValueError, match="map"):
+            nfp.reconstruct(y, op, model, method=method)
+        return
+    start = np.full(image.shape, 0.5, np.float32)
+    result = nfp.reconstruct(y, op, model, method=method, noise_sigma=0.01, iterations=25)
+    assert result.image.shape == image.shape and result.image.dtype == np.float32
+    assert np.isfinite(result.image).all()
+    assert misfit(op, result.image, y) < misfit(op, start, y)
+    assert result.log_density.shape == image.shape
+    assert result.n_iter == len(result.losses) and 0 < result.n_iter <= 25
+    assert result.method == method and result.device == "cpu"
+
+
+def test_mle_keeps_observed_pixels_exactly(model, image):
+    op = ops.Mask.random(image.shape, missing_fraction=0.5, seed=2)
+    y = op.measure(image, noise_sigma=0.0)
+    y_dead = y.copy()
+    y_dead[~op.observed] = 123.0  # values at unobserved pixels must be ignored
+    result = nfp.reconstruct(y_dead, op, model, method="mle", iterations=20)
+    assert np.array_equal(result.image[op.observed], image[op.observed])
+    assert not np.allclose(result.image[~op.observed], 123.0)
+
+
+def test_mle_stays_on_the_measurement_constraint(model, image):
+    op = ops.GaussianProjection(image.shape, ratio=0.3, seed=0, block=8)
+    y = op.forward(image)
+    result = nfp.reconstruct(y, op, model, method="mle", iterations=20)
+    assert np.abs(op.forward(result.image) - y).max() < 1e-3
+
+
+def test_deterministic_with_seed(model, image):
+    op = ops.Blur(image.shape, sigma=1.5)
+    y = op.measure(image, noise_sigma=0.02, seed=3)
+    a = nfp.reconstruct(y, op, model, iterations=10, seed=4)
+    b = nfp.reconstruct(y, op, model, iterations=10, seed=4)
+    assert np.array_equal(a.image, b.image)
+
+
+def test_progress_generator_and_callback(model, image):
+    op = ops.Mask.random(image.shape, 0.5, seed=0)
+    y = op.measure(image, 0.01, seed=0)
+    seen = []
+    result = nfp.reconstruct(y, op, model, iterations=6, tol=0, callback=seen.append)
+    assert [p.iteration for p in seen] == list(range(1, 7)) and all(p.total == 6 for p in seen)
+    assert result.losses == [p.loss for p in seen]
+
+
+def test_cancel_inside_the_objective_and_by_closing(model, image):
+    op = ops.Blur(image.shape, sigma=1.0)
+    y = op.measure(image, 0.01, seed=0)
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(nfp.Cancelled):
+        nfp.reconstruct(y, op, model, iterations=100, cancel=cancel)
+    assert calls["n"] == 4  # stopped at the first evaluation after the request
+
+    gen = nfp.reconstruct_steps(y, op, model, iterations=100, tol=0)
+    next(gen)
+    next(gen)
+    gen.close()  # a GUI's cancel: the generator ends, nothing else runs
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_recovers_from_non_finite_values(model, image):
+    op = ops.Blur(image.shape, sigma=1.0)
+    y = op.measure(image, 0.01, seed=0)
+
+    class Flaky(torch.nn.Module):
+        """Delegates to the model but returns NaN on its 3rd to 5th evaluations."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+        def log_prob(self, x):
+            self.calls += 1
+            out = self.inner.log_prob(x)
+            return out * float("nan") if 3 <= self.calls <= 5 else out
+
+    result = nfp.reconstruct(y, op, Flaky(model), iterations=15)
+    assert np.isfinite(result.image).all() and np.isfinite(result.losses).all()
+
+
+def test_constant_images_never_give_nan(model):
+    for value in (0.0, 0.5, 1.0):
+        x = np.full((16, 16), value, np.float32)
+        for op in (ops.Mask.random(x.shape, 0.8, seed=0), ops.Blur(x.shape, sigma=2.0),
+                   ops.GaussianProjection(x.shape, ratio=0.2, seed=0, block=8)):
+            for method in ("map", "latent"):
+                r = nfp.reconstruct(op.measure(x, 0.01, seed=0), op, model, method=method, iterations=8)
+                assert np.isfinite(r.image).all() and np.isfinite(r.log_density).all()
+
+
+def test_bad_inputs_give_clear_errors(model, image):
+    op = ops.Mask.random(image.shape, 0.5, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        nfp.reconstruct(np.zeros((16, 15), np.float32), op, model)
+    with pytest.raises(ValueError, match="channel"):
+        op3 = ops.Mask.random((3, 16, 16), 0.5, seed=0)
+        nfp.reconstruct(np.zeros((3, 16, 16), np.float32), op3, model)
+    with pytest.raises(ValueError, match="no observed pixel"):
+        ops.Mask(np.zeros(image.shape, bool))
+    with pytest.raises(ValueError, match="ratio"):
+        ops.GaussianProjection(image.shape, ratio=1.5)
+    with pytest.raises(ValueError, match="method"):
+        nfp.reconstruct(op.forward(image), op, model, method="magic")
+    blur = ops.Blur(image.shape, sigma=1.0)
+    y = blur.forward(image)
+    y[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        nfp.reconstruct(y, blur, model)
+    with pytest.raises(ValueError, match="device"):
+        nfp.reconstruct(blur.forward(image), blur, model, device="tpu")
+
+
+def test_nan_pixels_are_missing_for_a_mask(model, image):
+    op = ops.Mask.random(image.shape, 0.3, seed=0)
+    y = op.forward(image)
+    y[5, 5] = np.nan
+    original = y.copy()
+    result = nfp.reconstruct(y, op, model, method="mle", iterations=10)
+    assert np.isfinite(result.image).all()
+    observed = op.observed.copy()
+    observed[5, 5] = False
+    assert np.array_equal(result.image[observed], image[observed])
+    assert np.array_equal(np.isnan(y), np.isnan(original)) and np.array_equal(y[observed], original[observed])
+
+
+def test_stacks_and_channels(model, image):
+    op = ops.Blur(image.shape, sigma=1.0)
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    y = np.stack([op.measure(p, 0.01, seed=i) for i, p in enumerate(stack)])
+    seen = []
+    result = nfp.reconstruct_stack(y, op, model, iterations=5, tol=0, callback=seen.append)
+    assert result.image.shape == (3, 16, 16) and result.log_density.shape == (3, 16, 16)
+    assert seen[-1].iteration == seen[-1].total == 15
+    by_channel = nfp.reconstruct(np.moveaxis(y, 0, -1), op, model, channel_axis=-1, iterations=5, tol=0)
+    assert by_channel.image.shape == (16, 16, 3)
+    assert np.allclose(by_channel.image[..., 1], result.image[1])
+
+
+def test_noise_auto_estimates_sigma():
+    x = np.full((64, 64), 0.4, np.float32)
+    op = ops.Mask.random(x.shape, 0.3, seed=0)
+    y = op.measure(x, noise_sigma=0.05, seed=1)
+    estimate = nfp.estimate_noise_sigma(y, op)
+    assert 0.04 < estimate < 0.06
+    result = nfp.reconstruct(y, op, _tiny(), noise_sigma="auto", iterations=3)
+    assert 0.04 < result.noise_sigma < 0.06
+    with pytest.raises(ValueError, match="number"):
+        cs = ops.GaussianProjection(x.shape, ratio=0.2)
+        nfp.reconstruct(cs.forward(x), cs, _tiny(), noise_sigma="auto")
+
+
+def _tiny():
+    return nfp.build_model("glow", levels=2, steps=1, hidden=4, seed=0).eval()
+
+
+def test_normalize_uses_observed_pixels_and_keeps_input(model):
+    raw = np.linspace(100, 1100, 400, dtype=np.float32).reshape(20, 20)
+    observed = np.ones(raw.shape, bool)
+    observed[:, 10:] = False
+    raw[:, 10:] = 1e6  # garbage where unobserved
+    before = raw.copy()
+    scaled, scaling = nfp.normalize(raw, observed=observed, model=model)
+    assert np.array_equal(raw, before)
+    assert scaled[observed].min() == 0 and scaled[observed].max() == 1 and np.all(scaled[~observed] == 0)
+    assert np.allclose(scaling.restore(scaled)[observed], np.clip(raw[observed], scaling.low, scaling.high).ravel(), rtol=1e-5)
+
+
+def test_log_density_matches_log_prob(model, image):
+    density = nfp.log_density(image, model)
+    assert density.shape == image.shape
+    expected = model.log_prob(torch.as_tensor(image[None, None])).item()
+    assert density.sum() == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="NaN"):
+        nfp.log_density(np.full((4, 4), np.nan), model)

@@ -1,0 +1,129 @@
+"""The trainer on tiny synthetic data (seconds)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import napari_flow_prior as nfp
+from napari_flow_prior.training import TrainConfig, make_dataset, run_to_end, train, train_steps
+
+
+def blobs(n=3, size=96, seed=0):
+    """Smooth random blob images: a structured, learnable toy domain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for _ in range(n):
+        img = np.zeros((size, size))
+        for cy, cx in rng.uniform(0, size, (25, 2)):
+            img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30)
+        images.append((img / img.max() * 200 + 20).astype(np.uint8))
+    return images
+
+
+def tiny(**kw):
+    base = dict(levels=2, steps_per_level=2, hidden=16, patch=16, batch=16, steps=60, val_every=30,
+                warmup=10, lr=3e-3, val_block=32, checkpoint_every=20, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_validation_bpd(tmp_path):
+    out = tmp_path / "toy.safetensors"
+    model = train(blobs(), out, tiny(steps=80, val_every=80), domain="toy blobs", progress=False)
+    log = json.loads((tmp_path / "toy.log.json").read_text())
+    fresh = nfp.build_model("glow", levels=2, steps=2, hidden=16, seed=0).eval()
+    data = make_dataset([b[None].astype(np.float32) / 255 for b in blobs()], tiny())
+    from napari_flow_prior.training import validation_bpd
+
+    before = validation_bpd(fresh, data.val, "cpu")
+    assert log[-1]["val_bpd"] < before - 0.5, (before, log)
+    loaded = nfp.load_model(out)
+    assert loaded.metadata["domain"] == "toy blobs"
+    assert loaded.metadata["normalization"] == {"low_pct": 1.0, "high_pct": 99.8, "clip": True}
+    assert loaded.metadata["training"]["steps"] == 80
+    assert (tmp_path / "toy.log.csv").exists()
+    assert model.metadata["metrics"]["val_bpd"] == pytest.approx(min(r["val_bpd"] for r in log))
+
+
+def test_validation_blocks_never_overlap_training_patches():
+    planes = [b[None].astype(np.float32) / 255 for b in blobs(2)]
+    data = make_dataset(planes, tiny())
+    p = 16
+    val_mask = [np.zeros(pl.shape[1:], bool) for pl in planes]
+    # rebuild which pixels were held out: every training patch must avoid them
+    for i, pl in enumerate(planes):
+        rows, cols = pl.shape[1] // 32, pl.shape[2] // 32
+        for r in range(rows):
+            for c in range(cols):
+                block = pl[:, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
+                if any(v.shape == block.shape and np.array_equal(v, block) for v in data.val):
+                    val_mask[i][r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] = True
+    assert sum(m.sum() for m in val_mask) > 0
+    for i, r, c in data.positions:
+        assert not val_mask[i][r:r + p, c:c + p].any()
+
+
+def test_resume_continues_exactly(tmp_path):
+    images = blobs(2)
+    straight = run_to_end(train_steps(images, tiny(steps=40)))
+    ckpt = tmp_path / "run.ckpt"
+    first = train_steps(images, tiny(steps=40), checkpoint=ckpt)
+    for progress in first:
+        if progress.step == 20:  # a checkpoint was just written; stop as a crash would
+            break
+    first.close()
+    resumed = run_to_end(train_steps(images, tiny(steps=40), checkpoint=ckpt, resume=True))
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_non_finite_step_is_skipped(monkeypatch):
+    images = blobs(2)
+    calls = {"n": 0}
+    real = nfp.FlowModel.log_prob
+
+    def flaky(self, x):
+        calls["n"] += 1
+        out = real(self, x)
+        return out * float("nan") if calls["n"] == 5 else out
+
+    monkeypatch.setattr(nfp.FlowModel, "log_prob", flaky)
+    seen = []
+    gen = train_steps(images, tiny(steps=12, val_every=100))
+    while True:
+        try:
+            seen.append(next(gen))
+        except StopIteration as stop:
+            model = stop.value
+            break
+    assert seen[-1].skipped == 1 and len(seen) == 12
+    assert model.metadata["training"]["skipped_steps"] == 1
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_fine_tune_from_a_model(tmp_path):
+    base = tmp_path / "base.safetensors"
+    train(blobs(), base, tiny(steps=20), progress=False)
+    tuned = run_to_end(train_steps(blobs(seed=1), tiny(steps=10), init=str(base)))
+    assert tuned.metadata["training"]["init"] == str(base)
+
+
+def test_bad_data_is_rejected_clearly(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="cannot read image"):
+        run_to_end(train_steps([bad], tiny()))
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(small)
+    with pytest.raises(ValueError, match="smaller than the 16x16 training patch"):
+        run_to_end(train_steps([small], tiny()))
+    with pytest.raises(FileNotFoundError):
+        run_to_end(train_steps([tmp_path / "missing.tif"], tiny()))
+    nan = np.full((64, 64), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        run_to_end(train_steps([nan], tiny()))
