@@ -143,7 +143,7 @@ def make_dataset(planes: list[np.ndarray], config: TrainConfig, val_planes=None,
     """Hold out validation data by spatial block and list the allowed training patch corners.
 
     With ``val_planes`` given, all of ``planes`` is training data. Otherwise each image large
-    enough for several blocks (``val_block``, default max(2 * patch, 64)) gives a random
+    enough for several blocks (``val_block``, default 2 * patch) gives a random
     ``val_fraction`` of its blocks to validation, and patches are drawn only where they overlap
     no validation pixel; images too small for that are held out whole, by the same fraction.
     """
@@ -153,7 +153,7 @@ def make_dataset(planes: list[np.ndarray], config: TrainConfig, val_planes=None,
             raise ValueError(f"{name}: image {plane.shape[1]}x{plane.shape[2]} is smaller than the "
                              f"{p}x{p} training patch; use a smaller patch size")
     rng = np.random.default_rng(config.seed)
-    block = config.val_block or max(2 * p, 64)
+    block = config.val_block or 2 * p
     val = [] if val_planes is None else list(val_planes)
     free_masks = [np.ones(plane.shape[1:], bool) for plane in planes]
     if val_planes is None:
