@@ -1,0 +1,575 @@
+"""The plugin's work as plain generator functions (no Qt, no viewer).
+
+Each ``run_*`` function checks its inputs at once (a ``ValueError`` with a message meant for the
+user), then returns a generator that yields :class:`Step` progress and returns napari layer-data
+tuples ``(data, kwargs, "image")``. The widgets are thin skins over them; scripts drive them the
+same way::
+
+    from napari_flow_prior.plugin import OperatorSpec, run_reconstruction, run_to_end
+    layers = run_to_end(run_reconstruction(image, "nuclei", OperatorSpec("mask", missing_fraction=0.8)))
+    for data, kwargs, _ in layers:
+        viewer.add_image(data, **kwargs)
+
+Layer layout: a 2-D layer is one plane; every axis before the last two of a grayscale layer is a
+stack axis (z, time, channels split by napari) and runs plane by plane; an RGB(A) layer
+(``rgb=True``, shape ``(..., H, W, 3|4)``) runs with a 3-channel model at once or with a
+1-channel model channel by channel (alpha is dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..__about__ import __version__
+
+OPERATORS = ("mask", "blur", "cs")
+MODES = ("simulate", "measured")
+METHODS = ("map", "latent", "mle")
+DENSITY_UNIT = "nats/pixel"
+DENSITY_COLORMAP = "inferno"
+
+LayerData = tuple[Any, dict, str]
+
+
+@dataclass
+class Step:
+    """Progress of a plugin job: ``done`` of ``total`` work units (optimiser iterations over all
+    planes), with a short human-readable ``text``."""
+
+    done: int
+    total: int
+    text: str
+    plane: int = 0
+    n_planes: int = 1
+    loss: float | None = None
+
+
+@dataclass
+class OperatorSpec:
+    """A measurement operator described independently of the image size.
+
+    ``kind``: ``"mask"`` (inpainting), ``"blur"`` (deblurring) or ``"cs"`` (block Gaussian
+    projections, simulate mode only). Mask: ``missing`` (bool, True = missing: ``(H, W)`` for every
+    plane or the layer's full grayscale shape) or else ``missing_fraction`` at random. Blur: a
+    ``psf`` array, or else a Gaussian of ``sigma``. CS: ``ratio`` (m/n) and ``block``.
+    """
+
+    kind: str = "mask"
+    missing_fraction: float = 0.8
+    missing: np.ndarray | None = None
+    sigma: float = 2.0
+    psf: np.ndarray | None = None
+    ratio: float = 0.2
+    block: int = 32
+
+    def summary(self) -> dict:
+        d = {"kind": self.kind}
+        if self.kind == "mask":
+            d["missing"] = "from layer" if self.missing is not None else f"random {self.missing_fraction:g}"
+        elif self.kind == "blur":
+            d["psf"] = "from layer" if self.psf is not None else f"gaussian sigma {self.sigma:g}"
+        else:
+            d.update(ratio=self.ratio, block=self.block)
+        return d
+
+    def build(self, shape: tuple[int, ...], seed: int, missing: np.ndarray | None = None):
+        from .. import operators as ops
+
+        if self.kind == "mask":
+            if missing is not None:
+                return ops.Mask.from_missing(missing, shape=shape)
+            return ops.Mask.random(shape, self.missing_fraction, seed=seed)
+        if self.kind == "blur":
+            if self.psf is not None:
+                return ops.Blur(shape, psf=self.psf)
+            return ops.Blur(shape, sigma=self.sigma)
+        return ops.GaussianProjection(shape, ratio=self.ratio, seed=seed, block=self.block)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def run_to_end(gen):
+    """Drive a plugin generator to its end and return its value (the layer-data tuples)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def resolve_model(model):
+    """A loaded model from a model object, a shipped/user model name, or a file path; a
+    ``ValueError`` naming the problem otherwise."""
+    from ..flows import FlowModel, load_model
+
+    if isinstance(model, FlowModel):
+        return model
+    if model is None or str(model).strip() == "":
+        raise ValueError("choose a model (a shipped or saved model, or a .safetensors file)")
+    try:
+        return load_model(model)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
+    except ValueError as err:
+        raise ValueError(f"cannot use this model: {err}") from None
+
+
+def model_card(path_or_name) -> str:
+    """One-line summary of a model file (domain, training size, bits/dim) from its metadata only."""
+    from ..flows.files import read_metadata, resolve_model_path
+
+    try:
+        path = resolve_model_path(path_or_name)
+        meta = read_metadata(path)
+    except (FileNotFoundError, ValueError) as err:
+        return f"not a usable model: {err}"
+    arch = meta["architecture"]
+    training = meta.get("training") or {}
+    metrics = meta.get("metrics") or {}
+    parts = [meta.get("domain") or "domain not stated"]
+    parts.append(f"{arch.get('kind')} {arch.get('channels', 1)}-channel")
+    if training.get("n_images") is not None:
+        parts.append(f"trained on {training['n_images']} image(s)")
+    for key, label in (("test_bpd", "test"), ("val_bpd", "val")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{label} {value:.3f} bits/dim")
+    return " · ".join(parts)
+
+
+@dataclass
+class _Layout:
+    """How a layer's array maps to model inputs: ``lead`` stack axes, ``c_in`` image channels
+    (1 grayscale, 3 RGB), and whether a 1-channel model runs channel by channel."""
+
+    lead: tuple[int, ...]
+    hw: tuple[int, int]
+    c_in: int
+    rgb: bool
+    split: bool
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.lead, dtype=np.int64)) if self.lead else 1
+
+    def jobs(self) -> list[tuple[int, int | None]]:
+        """(plane, channel) pairs; channel None means all channels at once."""
+        if self.split:
+            return [(n, c) for n in range(self.n_planes) for c in range(self.c_in)]
+        return [(n, None) for n in range(self.n_planes)]
+
+    def canonical(self, data) -> np.ndarray:
+        """(N, C_in, H, W) float32 view of the layer data (a copy: the layer is never touched)."""
+        array = np.asarray(data)
+        if self.rgb:
+            array = np.moveaxis(array[..., :3], -1, -3)
+        return np.array(array, dtype=np.float32).reshape(self.n_planes, self.c_in, *self.hw)
+
+    def restore_shape(self, stack: np.ndarray) -> np.ndarray:
+        """(N, C_in, H, W) -> the layer's layout (RGB channels last)."""
+        out = stack.reshape(*self.lead, self.c_in, *self.hw)
+        if self.rgb:
+            return np.moveaxis(out, -3, -1)
+        return out.reshape(*self.lead, *self.hw)
+
+
+def layout_for(shape, rgb: bool, model_channels: int, name: str = "the layer") -> _Layout:
+    """Check that a layer of ``shape`` fits a model of ``model_channels`` channels."""
+    shape = tuple(int(s) for s in shape)
+    if rgb:
+        if len(shape) < 3 or shape[-1] not in (3, 4):
+            raise ValueError(f"{name}: an RGB layer needs a last axis of 3 or 4, got shape {shape}")
+        hw, lead, c_in = shape[-3:-1], shape[:-3], 3
+        if model_channels == 3:
+            split = False
+        elif model_channels == 1:
+            split = True
+        else:
+            raise ValueError(f"{name} is RGB but the model has {model_channels} channels; "
+                             "use a 1-channel or an RGB (3-channel) model")
+    else:
+        if len(shape) < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {shape}")
+        if model_channels != 1:
+            raise ValueError(f"channel mismatch: the model has {model_channels} channels but {name} is "
+                             "a single-channel (grayscale) layer; choose a 1-channel model, or open "
+                             "the data as an RGB layer")
+        hw, lead, c_in, split = shape[-2:], shape[:-2], 1, False
+    if min(hw) < 8:
+        raise ValueError(f"{name}: images need at least 8x8 pixels, got {hw[0]}x{hw[1]}")
+    return _Layout(lead, (hw[0], hw[1]), c_in, rgb, split)
+
+
+def _model_channels(model) -> int:
+    return int(model.channels)
+
+
+def _provenance(model, extra: dict) -> dict:
+    return {"napari_flow_prior": {
+        "version": __version__,
+        "model": model.metadata.get("name"),
+        "model_sha256": model.metadata.get("sha256"),
+        "model_path": model.metadata.get("path"),
+        **extra,
+    }}
+
+
+def _plane_text(layout: _Layout, n: int, c: int | None) -> str:
+    text = f"plane {n + 1}/{layout.n_planes}" if layout.n_planes > 1 else ""
+    if c is not None:
+        text = (text + " " if text else "") + f"channel {'RGB'[c]}"
+    return text
+
+
+def _clean_kwargs(layer_kwargs: dict | None) -> dict:
+    keep = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
+    return {k: v for k, v in (layer_kwargs or {}).items() if k in keep and v is not None}
+
+
+def _as_missing(missing, layout: _Layout) -> np.ndarray | None:
+    """(N, H, W) or (H, W) bool, True = missing."""
+    if missing is None:
+        return None
+    missing = np.asarray(missing)
+    if missing.dtype != bool:
+        missing = missing != 0
+    if missing.shape == layout.hw:
+        return missing
+    if missing.shape == tuple(layout.lead) + layout.hw:
+        return missing.reshape(layout.n_planes, *layout.hw)
+    raise ValueError(f"the mask layer has shape {missing.shape}, but the image needs {layout.hw} "
+                     f"(one mask for every plane){' or ' + str(tuple(layout.lead) + layout.hw) if layout.lead else ''}")
+
+
+# ---------------------------------------------------------------------------------- reconstruct
+def run_reconstruction(
+    data,
+    model,
+    operator: OperatorSpec | None = None,
+    *,
+    mode: str = "simulate",
+    noise_sigma: float | str = 0.01,
+    method: str = "map",
+    iterations: int | None = None,
+    weight: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    baseline: bool = False,
+    name: str = "image",
+    rgb: bool = False,
+    layer_kwargs: dict | None = None,
+    image_kwargs: dict | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Step]:
+    """Reconstruct every plane of ``data`` (a layer's array) with a flow prior.
+
+    ``mode="simulate"``: ``data`` is a clean image; it is measured with ``operator`` (noise
+    ``noise_sigma``, seed ``seed + plane``), reconstructed, and PSNR/SSIM against it are reported.
+    ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
+    ``"auto"``); NaN pixels count as missing for a mask. Intensities go through ``normalize`` with
+    the model's settings and results come back in the input's units.
+
+    Returns a generator (checks are done before it is returned) that yields :class:`Step` and
+    returns layer-data tuples: ``<name> measurements`` (simulate mode: the masked or blurred image,
+    or the pseudo-inverse for projections), ``<name> reconstruction``, ``<name> log-density``
+    (nats/pixel) and, with ``baseline=True``, ``<name> baseline``. ``layer_kwargs`` (scale,
+    translate, ...) go to every output, ``image_kwargs`` (e.g. contrast limits) to the image-valued
+    ones. ``cancel()`` returning True stops the work within one optimiser evaluation (raising
+    ``napari_flow_prior.Cancelled``); so does closing the generator.
+    """
+    operator = operator or OperatorSpec()
+    if operator.kind not in OPERATORS:
+        raise ValueError(f"operator must be one of {OPERATORS}, got {operator.kind!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "mle" and operator.kind == "blur":
+        raise ValueError("method 'mle' cannot undo a blur (it only keeps A x = y); use 'map' or 'latent'")
+    if mode == "measured" and operator.kind == "cs":
+        raise ValueError("compressed sensing works in simulate mode only: a layer cannot hold "
+                         "projection measurements")
+    if mode == "measured" and operator.kind == "mask" and operator.missing is None:
+        raise ValueError("for measured data, draw the missing pixels in a Labels or Shapes layer "
+                         "and choose it as the mask (a random mask is for simulate mode)")
+    if isinstance(noise_sigma, str):
+        noise_sigma = noise_sigma.strip().lower()
+        if noise_sigma != "auto":
+            try:
+                noise_sigma = float(noise_sigma)
+            except ValueError:
+                raise ValueError(f"noise sigma must be a number or 'auto', got {noise_sigma!r}") from None
+    if noise_sigma == "auto" and mode == "simulate":
+        raise ValueError("noise sigma 'auto' estimates the noise of measured data; give a number "
+                         "to simulate measurements with")
+    if noise_sigma != "auto" and not (0 <= float(noise_sigma) < 1):
+        raise ValueError(f"noise sigma must be in [0, 1) (image scaled to [0, 1]), got {noise_sigma}")
+    if operator.kind == "mask" and operator.missing is None and not 0 <= operator.missing_fraction < 1:
+        raise ValueError(f"missing fraction must be in [0, 1), got {operator.missing_fraction}")
+    if operator.kind == "cs" and not 0 < operator.ratio <= 1:
+        raise ValueError(f"ratio m/n must be in (0, 1], got {operator.ratio}")
+    if operator.kind == "blur" and operator.psf is None and not operator.sigma > 0:
+        raise ValueError(f"blur sigma must be > 0, got {operator.sigma}")
+    if iterations is not None and iterations <= 0:
+        iterations = None
+    model = resolve_model(model)
+    shape = np.shape(data)
+    layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}")
+    missing = _as_missing(operator.missing, layout)
+    if missing is not None and missing.all():
+        raise ValueError("the mask marks every pixel as missing: nothing to reconstruct from")
+    from .. import available_devices
+
+    if device not in available_devices():
+        raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
+    return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
+                                 method=method, iterations=iterations, weight=weight, device=device,
+                                 seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
+                                 image_kwargs=image_kwargs, cancel=cancel)
+
+
+def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
+                          method, iterations, weight, device, seed, baseline, name, layer_kwargs,
+                          image_kwargs, cancel):
+    import napari_flow_prior as nfp
+    from ..baselines import matching_baseline, run_baseline
+
+    stack = layout.canonical(data)
+    jobs = layout.jobs()
+    n_jobs = len(jobs)
+    recon = np.zeros_like(stack)
+    meas = np.zeros_like(stack) if mode == "simulate" else None
+    base = np.zeros_like(stack) if baseline else None
+    density = np.zeros((layout.n_planes, *layout.hw), np.float32)
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
+    first_params: dict = {}
+    noise_used: list[float] = []
+    baseline_name = None
+    seconds = 0.0
+    per_job = None  # optimiser iterations per plane, known after the first Progress
+    for j, (n, c) in enumerate(jobs):
+        plane = stack[n] if c is None else stack[n, c:c + 1]
+        if plane.shape[0] == 1:
+            plane = plane[0]
+        op_shape = plane.shape
+        plane_missing = None
+        if missing is not None:
+            plane_missing = missing if missing.ndim == 2 else missing[n]
+        op = spec.build(op_shape, seed + n, plane_missing)
+        finite = np.isfinite(plane)
+        if mode == "simulate":
+            if not finite.all():
+                raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
+            truth, scaling = nfp.normalize(plane, model=model)
+            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j)
+        else:
+            observed = finite
+            if op.kind == "mask":
+                observed = observed & op.observed_full
+            elif not finite.all():
+                raise ValueError(f"layer {name!r} has NaN or infinite pixels; only a mask can treat "
+                                 "them as missing")
+            y, scaling = nfp.normalize(np.where(finite, plane, 0), observed=observed if op.kind == "mask" else None,
+                                       model=model)
+            if op.kind == "mask":
+                op = nfp.operators.Mask(observed, shape=op_shape)
+            truth = None
+        label = _plane_text(layout, n, c)
+        engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma,
+                                       iterations=iterations, weight=weight, device=device,
+                                       seed=seed, cancel=cancel)
+        try:
+            while True:
+                try:
+                    p = next(engine)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                per_job = per_job or max(int(p.total), 1)
+                done = j * per_job + min(int(p.iteration), per_job)
+                text = f"{label + ' · ' if label else ''}iteration {p.iteration}/{p.total} · loss {p.loss:.4g}"
+                yield Step(done, per_job * n_jobs, text, plane=n, n_planes=layout.n_planes, loss=float(p.loss))
+        finally:
+            engine.close()
+        seconds += result.seconds
+        noise_used.append(float(result.noise_sigma) if result.noise_sigma is not None else float("nan"))
+        if not first_params:
+            first_params = {k: v for k, v in result.params.items() if k not in ("model", "model_sha256")}
+        out = result.image
+        sl = (n, slice(None)) if c is None else (n, slice(c, c + 1))
+        restored = scaling.restore(out).reshape(op_shape)
+        if mode == "measured" and method == "mle" and op.kind == "mask":
+            # A x = y exactly: observed pixels are the input's own values (also where the
+            # intensity normalisation clipped them)
+            restored = np.where(op.observed_full, plane, restored)
+        recon[sl] = restored.reshape(recon[sl].shape)
+        density[n] += result.log_density
+        if meas is not None:
+            shown = y if op.kind in ("mask", "blur") else op.pseudo_inverse(y)
+            meas[sl] = scaling.restore(shown).reshape(meas[sl].shape)
+        if truth is not None:
+            scores["psnr"].append(nfp.psnr(truth, np.clip(out, 0, 1)))
+            scores["ssim"].append(nfp.ssim(truth, np.clip(out, 0, 1)))
+        if base is not None:
+            baseline_name = matching_baseline(op)
+            total = per_job * n_jobs if per_job else n_jobs
+            yield Step(min((j + 1) * (per_job or 1), total), total,
+                       f"{label + ' · ' if label else ''}baseline {baseline_name}", plane=n,
+                       n_planes=layout.n_planes)
+            sigma_b = result.noise_sigma if result.noise_sigma is not None else 0.01
+            b = run_baseline(baseline_name, y, op, noise_sigma=float(sigma_b))
+            base[sl] = scaling.restore(b).reshape(base[sl].shape)
+            if truth is not None:
+                scores["baseline_psnr"].append(nfp.psnr(truth, np.clip(b, 0, 1)))
+                scores["baseline_ssim"].append(nfp.ssim(truth, np.clip(b, 0, 1)))
+
+    metrics = {k: float(np.mean(v)) for k, v in scores.items() if v}
+    info = {
+        "source_layer": name,
+        "mode": mode,
+        "operator": spec.summary(),
+        "operator_first_plane": op.describe(),
+        "method": method,
+        "params": first_params,
+        "noise_sigma": noise_used[0] if len(set(noise_used)) == 1 else noise_used,
+        "seed": seed,
+        "plane_seeds": "seed + plane index" if layout.n_planes > 1 else None,
+        "planes": layout.n_planes,
+        "channel_by_channel": layout.split,
+        "device": result.device,
+        "seconds": round(seconds, 3),
+        "metrics": metrics,
+    }
+    if baseline_name:
+        info["baseline"] = baseline_name
+    spatial = _clean_kwargs(layer_kwargs)
+    shown = {**spatial, **{k: v for k, v in (image_kwargs or {}).items() if v is not None}}
+    rgb_kw = {"rgb": True} if layout.rgb else {}
+    layers: list[LayerData] = []
+    if meas is not None:
+        what = {"mask": "masked image (missing pixels at the low intensity)", "blur": "blurred image",
+                "cs": "pseudo-inverse A^+ y of the projections"}[spec.kind]
+        layers.append((layout.restore_shape(meas), {
+            "name": f"{name} measurements", **shown, **rgb_kw,
+            "metadata": _provenance(model, {**info, "content": what})}, "image"))
+    layers.append((layout.restore_shape(recon), {
+        "name": f"{name} reconstruction", **shown, **rgb_kw,
+        "metadata": _provenance(model, {**info, "content": "reconstruction, input units"})}, "image"))
+    layers.append((density.reshape(*layout.lead, *layout.hw), {
+        "name": f"{name} log-density", **spatial, "colormap": DENSITY_COLORMAP,
+        "metadata": _provenance(model, {**info, "content": "log-density of the reconstruction",
+                                        "unit": DENSITY_UNIT})}, "image"))
+    if base is not None:
+        layers.append((layout.restore_shape(base), {
+            "name": f"{name} baseline", **shown, **rgb_kw,
+            "metadata": _provenance(model, {**info, "content": f"classical baseline {baseline_name}"})},
+            "image"))
+    return layers
+
+
+# ---------------------------------------------------------------------------------- density
+def run_density(data, model, *, device: str = "auto", name: str = "image", rgb: bool = False,
+                layer_kwargs: dict | None = None) -> Iterator[Step]:
+    """Per-pixel log-density (nats/pixel) of every plane of a layer under ``model``.
+
+    Returns a generator yielding :class:`Step` per plane and returning one layer-data tuple,
+    ``<name> log-density`` (summed over channels; NaN pixels are filled with the plane's median
+    before scoring)."""
+    model = resolve_model(model)
+    layout = layout_for(np.shape(data), rgb, _model_channels(model), f"layer {name!r}")
+    from .. import available_devices
+
+    if device not in available_devices():
+        raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
+    return _density_steps(data, model, layout, device, name, layer_kwargs)
+
+
+def _density_steps(data, model, layout, device, name, layer_kwargs):
+    import napari_flow_prior as nfp
+
+    stack = layout.canonical(data)
+    jobs = layout.jobs()
+    density = np.zeros((layout.n_planes, *layout.hw), np.float32)
+    for j, (n, c) in enumerate(jobs):
+        plane = stack[n] if c is None else stack[n, c:c + 1]
+        finite = np.isfinite(plane)
+        if not finite.any():
+            raise ValueError(f"layer {name!r}: plane {n + 1} has no finite pixel")
+        if not finite.all():
+            plane = np.where(finite, plane, np.median(plane[finite]))
+        x01, _ = nfp.normalize(plane, model=model)
+        density[n] += nfp.log_density(x01, model, device=device)
+        yield Step(j + 1, len(jobs), _plane_text(layout, n, c) or "log-density", plane=n,
+                   n_planes=layout.n_planes)
+    meta = _provenance(model, {"source_layer": name, "content": "per-pixel log-density",
+                               "unit": DENSITY_UNIT, "device": device,
+                               "mean": float(density.mean())})
+    return [(density.reshape(*layout.lead, *layout.hw),
+             {"name": f"{name} log-density", **_clean_kwargs(layer_kwargs), "colormap": DENSITY_COLORMAP,
+              "metadata": meta}, "image")]
+
+
+# ---------------------------------------------------------------------------------- training
+MODEL_SIZES = {
+    "tiny (levels 2, 2 steps, 16 hidden)": dict(levels=2, steps_per_level=2, hidden=16),
+    "small (levels 3, 4 steps, 32 hidden)": dict(levels=3, steps_per_level=4, hidden=32),
+    "standard (levels 3, 8 steps, 64 hidden)": dict(levels=3, steps_per_level=8, hidden=64),
+}
+
+
+def run_training(images: list, *, steps: int = 500, size: str | dict = "small (levels 3, 4 steps, 32 hidden)",
+                 kind: str = "glow", patch: int = 32, batch: int = 16, init=None, device: str = "auto",
+                 seed: int = 0, val_every: int | None = None, channels: int = 1):
+    """Train a prior (or fine-tune ``init``: a model, name or path) on layer arrays.
+
+    Returns ``train_steps``'s generator: it yields ``TrainProgress`` (step, loss, live validation
+    bits/dim) and returns the trained model (save it with :func:`save_user_model`)."""
+    from ..training import TrainConfig, train_steps
+
+    if not images:
+        raise ValueError("choose at least one image layer to train on")
+    arch = MODEL_SIZES[size] if isinstance(size, str) else dict(size)
+    if init is not None:
+        init = resolve_model(init)
+        channels = init.channels
+        arch = {"levels": init.architecture.get("levels", 3),
+                "steps_per_level": init.architecture.get("steps", 8),
+                "hidden": init.architecture.get("hidden", 64)}
+        kind = init.architecture.get("kind", kind)
+    arrays = []
+    for i, image in enumerate(images):
+        array = np.asarray(image)
+        if array.ndim < 2:
+            raise ValueError(f"image {i + 1} has shape {array.shape}; an image needs 2 dimensions")
+        if not np.isfinite(array).all():
+            raise ValueError(f"image {i + 1} has NaN or infinite pixels")
+        arrays.append(array)
+    config = TrainConfig(kind=kind, patch=patch, batch=batch, steps=int(steps), device=device, seed=seed,
+                         channels=channels, warmup=min(200, max(1, steps // 10)),
+                         val_every=val_every or max(1, min(200, steps // 5)),
+                         checkpoint_every=10**9, **arch)
+    try:
+        return train_steps(arrays, config, init=init)
+    except ValueError as err:
+        raise ValueError(f"cannot train: {err}") from None
+
+
+def save_user_model(model, name: str, domain: str = "", folder: str | Path | None = None) -> Path:
+    """Save a trained model as ``<user models folder>/<name>.safetensors`` (it then shows up in
+    ``available_models()`` and the model choosers)."""
+    from ..flows import save_model
+    from ..flows.files import user_models_dir
+
+    name = name.strip()
+    if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
+        raise ValueError(f"model name {name!r} is not a valid file name")
+    folder = Path(folder) if folder is not None else user_models_dir()
+    return save_model(model, folder / f"{name}.safetensors", domain=domain or name)
+
+
+__all__ = ["OperatorSpec", "Step", "model_card", "resolve_model", "run_density", "run_reconstruction",
+           "run_to_end", "run_training", "save_user_model", "layout_for"]

@@ -1,0 +1,184 @@
+"""The Reconstruct widget: a thin skin over :func:`run_reconstruction`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    RadioButtons,
+    SpinBox,
+    create_widget,
+)
+
+from ._common import JobRunner, ModelChooser, buttons, layer_geometry, put_layers
+from ._core import OperatorSpec, run_reconstruction
+
+if TYPE_CHECKING:
+    import napari
+
+OPERATOR_CHOICES = [("inpainting (mask)", "mask"), ("deblurring (blur)", "blur"),
+                    ("compressed sensing (random projections)", "cs")]
+
+
+class ReconstructWidget(Container):
+    """Reconstruct the chosen image layer from (simulated or measured) measurements."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        import napari
+
+        import napari_flow_prior as nfp
+
+        self.viewer = viewer = napari_viewer
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.model = ModelChooser()
+        self.mode = RadioButtons(label="mode", choices=[("simulate from a clean image", "simulate"),
+                                                         ("measured data", "measured")], value="simulate",
+                                 tooltip="simulate: the layer is ground truth, measured here first; "
+                                         "measured: the layer already is the measurement")
+        self.operator = ComboBox(label="operator", choices=OPERATOR_CHOICES, value="mask")
+        self.mask_source = ComboBox(label="missing pixels", choices=self._mask_choices,
+                                    tooltip="random pixels, or a Labels/Shapes layer: painted = missing")
+        self.missing_fraction = FloatSpinBox(label="missing fraction", value=0.8, min=0.0, max=0.99, step=0.05)
+        self.psf_source = ComboBox(label="PSF", choices=self._psf_choices,
+                                   tooltip="a Gaussian of the given sigma, or a PSF image layer")
+        self.sigma = FloatSpinBox(label="blur sigma", value=2.0, min=0.1, max=20.0, step=0.5)
+        self.ratio = FloatSpinBox(label="ratio m/n", value=0.2, min=0.01, max=1.0, step=0.05)
+        self.block = SpinBox(label="block size", value=32, min=4, max=256)
+        self.noise = LineEdit(label="noise sigma", value="0.01",
+                              tooltip="noise standard deviation on the [0, 1] scale, or 'auto' (measured data)")
+        self.method = ComboBox(label="method", choices=["map", "latent", "mle"], value="map",
+                               tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
+                                       "latent code; mle: most likely image that fits exactly")
+        self.iterations = SpinBox(label="iterations", value=0, min=0, max=100000,
+                                  tooltip="0 = the method's default")
+        self.weight = LineEdit(label="prior weight", value="default",
+                               tooltip="'default' or a number: lambda (map) or gamma (latent)")
+        self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
+        self.run_button, self.cancel_button, self.status = buttons("Run")
+        self.metrics = Label(value="")
+        self.metrics.native.setWordWrap(True)
+        super().__init__(widgets=[
+            self.image, self.model, self.mode, self.operator, self.mask_source, self.missing_fraction,
+            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
+            self.weight, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
+            self.status, self.metrics,
+        ])
+        self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
+        for w in (self.operator, self.mode, self.mask_source, self.psf_source):
+            w.changed.connect(self._sync_visibility)
+        self.run_button.changed.connect(self.run)
+        viewer.layers.selection.events.active.connect(self._follow_active)
+        self._follow_active()
+        self._sync_visibility()
+
+    # choices ----------------------------------------------------------------------------
+    def _mask_choices(self, *_):
+        from napari.layers import Labels, Shapes
+
+        return [("random", None)] + [(layer.name, layer) for layer in self.viewer.layers
+                                     if isinstance(layer, (Labels, Shapes))]
+
+    def _psf_choices(self, *_):
+        from napari.layers import Image
+
+        return [("gaussian (sigma)", None)] + [(layer.name, layer) for layer in self.viewer.layers
+                                               if isinstance(layer, Image) and layer.ndim == 2 and not layer.rgb]
+
+    def _follow_active(self, *_):
+        from napari.layers import Image
+
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and not active.name.endswith((" reconstruction", " log-density",
+                                                                   " measurements", " baseline")):
+            self.image.reset_choices()
+            if active in self.image.choices:
+                self.image.value = active
+
+    def _sync_visibility(self, *_):
+        kind = self.operator.value
+        self.mask_source.visible = kind == "mask"
+        self.missing_fraction.visible = kind == "mask" and self.mask_source.value is None
+        self.psf_source.visible = kind == "blur"
+        self.sigma.visible = kind == "blur" and self.psf_source.value is None
+        self.ratio.visible = self.block.visible = kind == "cs"
+
+    # run --------------------------------------------------------------------------------
+    def _missing_from_layer(self, layer, image) -> np.ndarray:
+        from napari.layers import Shapes
+
+        spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+        if isinstance(layer, Shapes):
+            if len(layer.data) == 0:
+                raise ValueError(f"the Shapes layer {layer.name!r} has no shapes: draw the missing regions")
+            hw = tuple(spatial[-2:])
+            if layer.ndim == 2:
+                return np.asarray(layer.to_masks(mask_shape=hw)).any(axis=0)
+            return np.asarray(layer.to_labels(labels_shape=tuple(spatial))) > 0
+        missing = np.asarray(layer.data) != 0
+        if not missing.any():
+            raise ValueError(f"nothing is painted in the Labels layer {layer.name!r}: paint the missing pixels")
+        return missing
+
+    def build_job(self):
+        """Check the settings and return the generator (raises ValueError for the user)."""
+        image = self.image.value
+        if image is None:
+            raise ValueError("no image layer: open or choose an image layer first")
+        source = self.model.value_source()
+        if source is None:
+            raise ValueError("choose a model file (.safetensors)")
+        kind = self.operator.value
+        spec = OperatorSpec(kind=kind, missing_fraction=float(self.missing_fraction.value),
+                            sigma=float(self.sigma.value), ratio=float(self.ratio.value),
+                            block=int(self.block.value))
+        if kind == "mask" and self.mask_source.value is not None:
+            spec.missing = self._missing_from_layer(self.mask_source.value, image)
+        if kind == "blur" and self.psf_source.value is not None:
+            spec.psf = np.asarray(self.psf_source.value.data, np.float64)
+        weight = self.weight.value.strip().lower()
+        try:
+            weight = None if weight in ("", "default", "auto") else float(weight)
+        except ValueError:
+            raise ValueError(f"prior weight must be a number or 'default', got {weight!r}") from None
+        contrast = tuple(image.contrast_limits) if not image.rgb else None
+        return run_reconstruction(
+            image.data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
+            method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
+            device=self.device.value, seed=int(self.seed.value), baseline=bool(self.baseline.value),
+            name=image.name, rgb=bool(image.rgb), layer_kwargs=layer_geometry(image),
+            image_kwargs={"contrast_limits": contrast} if contrast else None,
+            cancel=self.runner.is_cancelled)
+
+    def run(self, *_):
+        """Start a reconstruction in the background (returns the worker, or None on bad input)."""
+        if self.runner.running:
+            return None
+        try:
+            gen = self.build_job()
+        except ValueError as err:
+            self.runner.message(str(err))
+            return None
+        image = self.image.value
+        self.metrics.value = ""
+        return self.runner.start(gen, f"Reconstructing {image.name}", lambda layers: self._finish(layers, image))
+
+    def _finish(self, layers, image):
+        put_layers(self.viewer, layers, source=image)
+        info = layers[-1][1]["metadata"]["napari_flow_prior"]
+        m = info.get("metrics") or {}
+        text = f"done in {info['seconds']:.1f} s on {info['device']}"
+        if "psnr" in m:
+            text += f" · flow PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
+        if "baseline_psnr" in m:
+            text += f" · {info.get('baseline')} PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.3f}"
+        self.metrics.value = text
+        self.status.value = "done"

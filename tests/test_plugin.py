@@ -1,0 +1,283 @@
+"""The napari plugin with a real viewer (pytest-qt; headless under Xvfb via pytest-xvfb).
+
+Every test uses a tiny Glow saved to a per-test user-models folder (NAPARI_FLOW_PRIOR_MODELS) and
+32x32 images, so each runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import napari_flow_prior as nfp  # noqa: E402
+from napari_flow_prior.plugin import OperatorSpec, run_reconstruction, run_to_end  # noqa: E402
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-flow-prior"
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    tiny = nfp.build_model("glow", levels=2, steps=1, hidden=8, seed=0)
+    nfp.save_model(tiny, folder / "tiny.safetensors", domain="test patterns",
+                   training={"n_images": 1}, metrics={"val_bpd": 7.5})
+    rgb = nfp.build_model("glow", channels=3, levels=2, steps=1, hidden=8, seed=0)
+    other = tmp_path_factory.mktemp("other")
+    rgb_path = nfp.save_model(rgb, other / "rgb.safetensors", domain="rgb test")
+    bad = other / "broken.safetensors"
+    bad.write_bytes(b"this is not a model file")
+    return {"folder": folder, "rgb": rgb_path, "bad": bad}
+
+
+@pytest.fixture
+def models(model_files, monkeypatch, tmp_path):
+    user = tmp_path / "user-models"
+    user.mkdir()
+    (user / "tiny.safetensors").write_bytes((model_files["folder"] / "tiny.safetensors").read_bytes())
+    monkeypatch.setenv("NAPARI_FLOW_PRIOR_MODELS", str(user))
+    return {**model_files, "user": user}
+
+
+def test_image(shape=(32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    base = 100 + 80 * np.sin(xx / 4.0) * np.cos(yy / 5.0)
+    return (base + 5 * rng.standard_normal(shape)).astype(np.float32)
+
+
+test_image.__test__ = False  # a helper, not a test
+
+
+def names(viewer):
+    return [layer.name for layer in viewer.layers]
+
+
+def make_widget(viewer, cls_name):
+    from napari_flow_prior import plugin
+
+    widget = getattr(plugin, cls_name)(viewer)
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def run_and_wait(qtbot, widget):
+    worker = widget.run()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    return worker
+
+
+def quick(widget, model="tiny", iterations=5):
+    widget.model.select(model)
+    widget.iterations.value = iterations
+    widget.device.value = "cpu"
+
+
+# --------------------------------------------------------------------------------- manifest
+def test_manifest_discovered_and_widgets_open(make_napari_viewer, models):
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    assert PLUGIN in pm, "the plugin is not installed: pip install -e . (npe2 finds it through its entry point)"
+    manifest = pm.get_manifest(PLUGIN)
+    assert manifest.display_name == "Flow Prior"
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Reconstruct", "Train prior", "Log-density"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "medical", "digits"}
+    viewer = make_napari_viewer()
+    for title in ("Reconstruct", "Train prior", "Log-density"):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
+        assert widget is not None
+    viewer.open_sample(PLUGIN, "nuclei")
+    assert viewer.layers[-1].data.shape == (256, 256)
+    viewer.open_sample(PLUGIN, "digits")
+    assert viewer.layers[-1].data.shape == (224, 224)
+
+
+# --------------------------------------------------------------------------------- reconstruct
+def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    data = test_image()
+    original = data.copy()
+    layer = viewer.add_image(data, name="cells", scale=(2.0, 0.5), translate=(10.0, -3.0))
+    widget = make_widget(viewer, "ReconstructWidget")
+    assert widget.image.value is layer
+    quick(widget)
+    assert "test patterns" in widget.model.card.value and "7.500 bits/dim" in widget.model.card.value
+    widget.baseline.value = True
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    expected = ["cells", "cells measurements", "cells reconstruction", "cells log-density", "cells baseline"]
+    assert names(viewer) == expected
+    for name in expected[1:]:
+        out = viewer.layers[name]
+        assert out.data.shape == (32, 32)
+        assert np.allclose(out.scale, (2.0, 0.5)) and np.allclose(out.translate, (10.0, -3.0))
+        info = out.metadata["napari_flow_prior"]
+        assert info["model"] == "tiny" and len(info["model_sha256"]) == 64
+        assert info["version"] == nfp.__version__ and info["operator_first_plane"]["kind"] == "mask"
+    assert viewer.layers["cells log-density"].metadata["napari_flow_prior"]["unit"] == "nats/pixel"
+    assert "PSNR" in widget.metrics.value and "biharmonic" in widget.metrics.value
+    # intensities come back in the input's units
+    recon = viewer.layers["cells reconstruction"].data
+    assert 0.5 * original.mean() < recon.mean() < 1.5 * original.mean()
+    np.testing.assert_array_equal(layer.data, original)
+
+    # re-running (another operator) updates the same layers instead of adding copies
+    before = [id(viewer.layers[n]) for n in expected]
+    widget.operator.value = "blur"
+    run_and_wait(qtbot, widget)
+    assert names(viewer) == expected
+    assert [id(viewer.layers[n]) for n in expected] == before
+    assert viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["operator"]["kind"] == "blur"
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image((64, 64)), name="img")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=100_000)
+    seen = []
+    worker = widget.run()
+    worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=WAIT_MS)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=10_000)
+    assert names(viewer) == ["img"]
+    assert widget.runner.last_message == "cancelled"
+    assert len(seen) < 1000
+    assert widget.run_button.enabled
+
+
+def test_labels_mask_is_honoured(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    data = test_image()
+    data[8:20, 10:22] = 0  # the damaged region
+    original = data.copy()
+    viewer.add_image(data, name="damaged")
+    painted = np.zeros((32, 32), np.uint8)
+    painted[8:20, 10:22] = 1
+    viewer.add_labels(painted, name="defects")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=10)
+    widget.image.value = viewer.layers["damaged"]
+    widget.mode.value = "measured"
+    widget.operator.value = "mask"
+    widget.mask_source.value = viewer.layers["defects"]
+    widget.method.value = "mle"
+    widget.noise.value = "auto"
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    recon = viewer.layers["damaged reconstruction"].data
+    keep = painted == 0
+    np.testing.assert_allclose(recon[keep], original[keep], rtol=0, atol=1e-3)
+    assert not np.allclose(recon[~keep], 0)  # the painted pixels were filled in
+    assert "damaged measurements" not in names(viewer)  # measured data is its own measurement
+    np.testing.assert_array_equal(viewer.layers["damaged"].data, original)
+
+
+def test_stack_gives_stack_and_rgb_runs_channel_by_channel(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    stack = np.stack([test_image(seed=i) for i in range(3)])
+    viewer.add_image(stack, name="zstack", scale=(3.0, 1.0, 1.0))
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=3)
+    run_and_wait(qtbot, widget)
+    assert viewer.layers["zstack reconstruction"].data.shape == (3, 32, 32)
+    assert viewer.layers["zstack log-density"].data.shape == (3, 32, 32)
+    assert np.allclose(viewer.layers["zstack reconstruction"].scale, (3.0, 1.0, 1.0))
+    assert viewer.layers["zstack reconstruction"].metadata["napari_flow_prior"]["planes"] == 3
+
+    rgb = np.clip(np.stack([test_image(seed=i) for i in range(3)], -1), 0, 255).astype(np.uint8)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    widget.image.value = viewer.layers["colour"]
+    run_and_wait(qtbot, widget)
+    out = viewer.layers["colour reconstruction"]
+    assert out.rgb and out.data.shape == (32, 32, 3)
+    assert viewer.layers["colour log-density"].data.shape == (32, 32)
+
+
+def test_error_paths_show_a_message_and_change_nothing(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget)
+    # no image layer
+    assert widget.run() is None
+    assert "no image layer" in widget.runner.last_message and len(viewer.layers) == 0
+
+    data = test_image()
+    original = data.copy()
+    viewer.add_image(data, name="gray")
+    widget.image.value = viewer.layers["gray"]
+    # a 3-channel model on a grayscale layer
+    widget.model.select(str(models["rgb"]))
+    assert "rgb test" in widget.model.card.value
+    assert widget.run() is None
+    assert "channel" in widget.runner.last_message
+    # a file that is not a model
+    widget.model.select(str(models["bad"]))
+    assert "not a usable model" in widget.model.card.value
+    assert widget.run() is None
+    assert "not a napari-flow-prior model" in widget.runner.last_message
+    # compressed sensing needs simulate mode
+    widget.model.select("tiny")
+    widget.operator.value = "cs"
+    widget.mode.value = "measured"
+    assert widget.run() is None and "simulate" in widget.runner.last_message
+    assert names(viewer) == ["gray"]
+    assert not widget.runner.running
+    np.testing.assert_array_equal(viewer.layers["gray"].data, original)
+
+
+# --------------------------------------------------------------------------------- density, training
+def test_density_widget(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image((2, 32, 32)), name="pair", translate=(0, 5, 5))
+    widget = make_widget(viewer, "DensityWidget")
+    widget.model.select("tiny")
+    widget.device.value = "cpu"
+    run_and_wait(qtbot, widget)
+    out = viewer.layers["pair log-density"]
+    assert out.data.shape == (2, 32, 32) and np.isfinite(out.data).all()
+    assert np.allclose(out.translate, (0, 5, 5))
+    assert out.metadata["napari_flow_prior"]["unit"] == "nats/pixel"
+    assert "nats/pixel" in widget.status.value
+
+
+def test_train_widget_saves_to_user_models(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image((64, 64)), name="train-me")
+    trainer = make_widget(viewer, "TrainWidget")
+    recon = make_widget(viewer, "ReconstructWidget")
+    trainer.images.value = [viewer.layers["train-me"]]
+    trainer.size.value = list(trainer.size.choices)[0]
+    trainer.steps.value = 4
+    trainer.patch.value = 16
+    trainer.batch.value = 4
+    trainer.device.value = "cpu"
+    run_and_wait(qtbot, trainer)
+    assert trainer.runner.last_message == "", trainer.runner.last_message
+    assert trainer.model is not None and trainer.save_button.enabled
+    assert "bits/dim" in trainer.status.value
+    trainer.model_name.value = "my-prior"
+    path = trainer.save()
+    assert path == models["user"] / "my-prior.safetensors" and path.is_file()
+    assert "my-prior" in recon.model.combo.choices  # appears at once
+    assert "my-prior" in nfp.available_models()  # and after a restart
+    again = make_widget(viewer, "ReconstructWidget")
+    assert "my-prior" in again.model.combo.choices
+    assert names(viewer) == ["train-me"]
+
+
+def test_plain_functions_without_viewer(models):
+    """The same work runs from a script: generator in, layer-data tuples out."""
+    image = test_image()
+    layers = run_to_end(run_reconstruction(image, "tiny", OperatorSpec("cs", ratio=0.3, block=16),
+                                           iterations=3, device="cpu", name="x"))
+    assert [kw["name"] for _, kw, _ in layers] == ["x measurements", "x reconstruction", "x log-density"]
+    assert all(data.shape == (32, 32) for data, _, _ in layers)
