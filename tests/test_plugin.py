@@ -281,3 +281,29 @@ def test_plain_functions_without_viewer(models):
                                            iterations=3, device="cpu", name="x"))
     assert [kw["name"] for _, kw, _ in layers] == ["x measurements", "x reconstruction", "x log-density"]
     assert all(data.shape == (32, 32) for data, _, _ in layers)
+
+
+def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    data = test_image()
+    original = data.copy()
+    viewer.add_image(data, name="scratched")
+    viewer.add_shapes([np.array([[4, 6], [4, 14], [12, 14], [12, 6]])], shape_type="polygon", name="scratch")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=5)
+    widget.image.value = viewer.layers["scratched"]
+    widget.mode.value = "measured"
+    widget.mask_source.value = viewer.layers["scratch"]
+    widget.method.value = "mle"
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    recon = viewer.layers["scratched reconstruction"].data
+    np.testing.assert_allclose(recon[20:, 20:], original[20:, 20:], atol=1e-3)
+    np.testing.assert_array_equal(viewer.layers["scratched"].data, original)
+
+    # an RGB layer with an RGB (3-channel) model runs all channels at once
+    rgb = np.clip(np.stack([test_image(seed=i) for i in range(3)], -1), 0, 255).astype(np.uint8)
+    layers = run_to_end(run_reconstruction(rgb, str(models["rgb"]), OperatorSpec("blur", sigma=1.0),
+                                           iterations=2, device="cpu", rgb=True, name="c"))
+    assert layers[1][0].shape == (32, 32, 3) and layers[1][1]["rgb"]
+    assert layers[1][1]["metadata"]["napari_flow_prior"]["channel_by_channel"] is False

@@ -99,9 +99,12 @@ class ReconstructWidget(Container):
         active = self.viewer.layers.selection.active
         if isinstance(active, Image) and not active.name.endswith((" reconstruction", " log-density",
                                                                    " measurements", " baseline")):
-            self.image.reset_choices()
-            if active in self.image.choices:
-                self.image.value = active
+            try:
+                self.image.reset_choices()
+                if active in self.image.choices:
+                    self.image.value = active
+            except RuntimeError:  # the widget was closed, the viewer lives on
+                self.viewer.layers.selection.events.active.disconnect(self._follow_active)
 
     def _sync_visibility(self, *_):
         kind = self.operator.value
