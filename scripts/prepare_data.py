@@ -81,6 +81,12 @@ def normalise(x: np.ndarray) -> tuple[np.ndarray, dict]:
     return u8, info
 
 
+def block_u8(img: np.ndarray, b) -> np.ndarray:
+    """One block normalised on its own (percentiles of the block), as the library's normalize()
+    does for an image at inference: training data and use then see the same intensity scaling."""
+    return normalise(img[b[0]:b[0] + b[2], b[1]:b[1] + b[3]])[0]
+
+
 def block_average(x: np.ndarray, f: int) -> np.ndarray:
     h, w = (x.shape[0] // f) * f, (x.shape[1] // f) * f
     x = np.asarray(x[:h, :w], dtype=np.float64)
@@ -244,9 +250,10 @@ def load_mni():
     return vol, meta
 
 
-def mni_slice(vol_u8: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice z, anterior up, padded with 0 (background) to 256x256 (centred)."""
-    s = np.rot90(vol_u8[:, :, z])  # (y, x) with anterior at the top
+def mni_slice(vol: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z, anterior up, normalised on its own (percentiles of the slice, as for every
+    block), padded with 0 (background) to 256x256 (centred)."""
+    s = normalise(np.rot90(vol[:, :, z]))[0]  # (y, x) with anterior at the top
     h, w = s.shape
     out = np.zeros((BLOCK, BLOCK), np.uint8)
     r0, c0 = (BLOCK - h) // 2, (BLOCK - w) // 2
@@ -312,7 +319,9 @@ def main(argv=None):
         "ratios": RATIOS,
         "split_rule": "per source: n_test = max(1, round(0.20 n)), n_val = max(1, round(0.15 n)), "
                       "rest train; blocks drawn by a random permutation",
-        "normalisation": {"method": "percentile over the whole source image", "p_low": P_LO,
+        "normalisation": {"method": "percentiles of each block (or MNI slice) on its own, as "
+                                    "napari_flow_prior.normalize does at inference; whole-image "
+                                    "percentiles only decide which blocks are featureless", "p_low": P_LO,
                           "p_high": P_HI, "clip": True, "dtype": "uint8",
                           "digits": "MNIST bytes as is (x/255)"},
         "block_format": "[row0, col0, height, width] in the (converted) source image; "
@@ -333,10 +342,10 @@ def main(argv=None):
         sp = assign(blocks, rng)
         for s in SPLITS:
             for b in sp[s]:
-                save_png(out / "nuclei" / s / block_name(name, b), u8[b[0]:b[0] + BLOCK, b[1]:b[1] + BLOCK])
+                save_png(out / "nuclei" / s / block_name(name, b), block_u8(img, b))
         if name == "nuclear":  # most textured nuclear.png test block as the demo sample
             best = max(sp["test"], key=lambda b: u8[b[0]:b[0] + BLOCK, b[1]:b[1] + BLOCK].std())
-            nuc_sample = (best, u8[best[0]:best[0] + BLOCK, best[1]:best[1] + BLOCK])
+            nuc_sample = (best, block_u8(img, best))
         ds_n["sources"].append({"name": name, **meta, "normalisation": norm, "block_size": BLOCK,
                                 "n_blocks": len(blocks), "excluded_blocks": excluded, "splits": sp})
     splits["datasets"]["nuclei"] = ds_n
@@ -351,7 +360,7 @@ def main(argv=None):
         sp = assign(blocks, rng)
         for s in SPLITS:
             for b in sp[s]:
-                save_png(out / "medical" / s / block_name(name, b), u8[b[0]:b[0] + BLOCK, b[1]:b[1] + BLOCK])
+                save_png(out / "medical" / s / block_name(name, b), block_u8(img, b))
         ds_m["sources"].append({"name": name, "description": desc, **meta, "normalisation": norm,
                                 "block_size": BLOCK, "n_blocks": len(blocks), "excluded_blocks": excluded, "splits": sp})
 
@@ -363,9 +372,9 @@ def main(argv=None):
     sp, dropped, slabs = mni_split(zs, rng)
     for s in SPLITS:
         for z in sp[s]:
-            save_png(out / "medical" / s / f"mni152_z{z:03d}.png", mni_slice(u8, z))
+            save_png(out / "medical" / s / f"mni152_z{z:03d}.png", mni_slice(vol, z))
     z_mid = sp["test"][len(sp["test"]) // 2]  # middle slice of the test slices: demo sample
-    med_sample = ("mni152", {"axial_slice": z_mid}, mni_slice(u8, z_mid))
+    med_sample = ("mni152", {"axial_slice": z_mid}, mni_slice(vol, z_mid))
     ds_m["sources"].append({
         "name": "mni152", **meta, "normalisation": {**norm, "note": "percentiles over the whole 3-D volume"},
         "slice_rule": "axial slices z (array axis 2) with >= 5% non-zero voxels after normalisation, "
