@@ -92,10 +92,13 @@ def test_manifest_discovered_and_widgets_open(make_napari_viewer, models):
     for title in ("Reconstruct", "Train prior", "Log-density"):
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
         assert widget is not None
-    viewer.open_sample(PLUGIN, "nuclei")
-    assert viewer.layers[-1].data.shape == (256, 256)
-    viewer.open_sample(PLUGIN, "digits")
-    assert viewer.layers[-1].data.shape == (224, 224)
+    from napari_flow_prior.plugin import load_sample
+
+    for key in ("nuclei", "medical", "digits"):
+        viewer.open_sample(PLUGIN, key)
+        assert viewer.layers[-1].data.ndim == 2
+        np.testing.assert_array_equal(viewer.layers[-1].data, load_sample(key))
+    assert len(viewer.layers) == 3
 
 
 # --------------------------------------------------------------------------------- reconstruct
@@ -272,6 +275,26 @@ def test_train_widget_saves_to_user_models(make_napari_viewer, qtbot, models):
     again = make_widget(viewer, "ReconstructWidget")
     assert "my-prior" in again.model.combo.choices
     assert names(viewer) == ["train-me"]
+
+
+def test_train_cancel_keeps_no_model(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image((64, 64)), name="train-me")
+    trainer = make_widget(viewer, "TrainWidget")
+    trainer.images.value = [viewer.layers["train-me"]]
+    trainer.size.value = list(trainer.size.choices)[0]
+    trainer.steps.value = 100_000
+    trainer.patch.value = 16
+    trainer.batch.value = 4
+    trainer.device.value = "cpu"
+    seen = []
+    trainer.run().yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=WAIT_MS)
+    trainer.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not trainer.runner.running, timeout=10_000)
+    assert trainer.model is None and not trainer.save_button.enabled
+    assert trainer.runner.last_message == "cancelled"
+    assert list(models["user"].iterdir()) == [models["user"] / "tiny.safetensors"]
 
 
 def test_plain_functions_without_viewer(models):

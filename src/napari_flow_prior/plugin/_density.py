@@ -38,6 +38,9 @@ class DensityWidget(Container):
         try:
             if image is None:
                 raise ValueError("no image layer: open or choose an image layer first")
+            if image.multiscale:
+                raise ValueError(f"{image.name!r} is a multiscale (pyramid) layer: open one resolution "
+                                 "level as its own layer")
             source = self.model.value_source()
             if source is None:
                 raise ValueError("choose a model file (.safetensors)")

@@ -136,6 +136,9 @@ class ReconstructWidget(Container):
         image = self.image.value
         if image is None:
             raise ValueError("no image layer: open or choose an image layer first")
+        if image.multiscale:
+            raise ValueError(f"{image.name!r} is a multiscale (pyramid) layer: open one resolution "
+                             "level as its own layer to reconstruct it")
         source = self.model.value_source()
         if source is None:
             raise ValueError("choose a model file (.safetensors)")
