@@ -69,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--name", default=None, help="output name (default MODEL-CONFIG)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/NAME.ckpt")
     args = ap.parse_args(argv)
     data = Path(args.data)
     if args.threads:
@@ -83,7 +84,7 @@ def main(argv=None):
     t0 = time.time()
     model = train(split_files(data, args.model, "train"), out, cfg, domain=DOMAIN[args.model],
                   val_images=split_files(data, args.model, "val"), init=args.init,
-                  checkpoint=out.with_suffix(".ckpt"), progress=sys.stderr.isatty())
+                  checkpoint=out.with_suffix(".ckpt"), resume=args.resume, progress=sys.stderr.isatty())
     device = next(model.parameters()).device
     metrics = {
         "val_bpd": validation_bpd(model, planes_of(split_files(data, args.model, "val")), device, draws=4),
