@@ -205,7 +205,7 @@ def reconstruct_steps(
     weight: float | None = None,
     optimizer: str | None = None,
     lr: float | None = None,
-    init: str | np.ndarray = "pinv",
+    init: str | np.ndarray = "baseline",
     tol: float = 1e-5,
     device: str = "auto",
     seed: int = 0,
@@ -213,8 +213,10 @@ def reconstruct_steps(
 ) -> Iterator[Progress]:
     """Reconstruct one image from measurements ``y = op(x) + noise``; see the module docstring.
 
-    ``weight`` is the prior weight (lambda for map, gamma for latent); ``init`` is "pinv" (the
-    operator's pseudo-inverse), "zero" (z = 0, latent only) or an image. Yields ``Progress``,
+    ``weight`` is the prior weight (lambda for map, gamma for latent); ``init`` is "baseline" (the
+    operator's matching classical reconstruction, ``baselines.matching_baseline``: a warm start
+    that saves iterations), "pinv" (the pseudo-inverse, observed mean in the holes of a mask),
+    "zero" (z = 0, latent only) or an image. Yields ``Progress``,
     returns ``Result``.
     """
     t0 = time.time()
@@ -241,9 +243,17 @@ def reconstruct_steps(
     y_t = torch.as_tensor(y, device=dev, dtype=dtype)
 
     if isinstance(init, str):
-        if init not in ("pinv", "zero"):
-            raise ValueError(f"init must be 'pinv', 'zero' or an image, got {init!r}")
-        x0 = op.pseudo_inverse(y_t) if init == "pinv" else torch.full(shape, 0.5, device=dev, dtype=dtype)
+        if init not in ("baseline", "pinv", "zero"):
+            raise ValueError(f"init must be 'baseline', 'pinv', 'zero' or an image, got {init!r}")
+        if init == "baseline":
+            from .baselines import matching_baseline, run_baseline
+
+            x0 = torch.as_tensor(run_baseline(matching_baseline(op), y, op, noise_sigma=noise_sigma),
+                                 device=dev, dtype=dtype)
+        elif init == "pinv":
+            x0 = op.pseudo_inverse(y_t)
+        else:
+            x0 = torch.full(shape, 0.5, device=dev, dtype=dtype)
         if op.kind == "mask" and init == "pinv":
             observed = torch.as_tensor(np.array(op.observed_full), device=dev)
             fill = y_t[observed].mean() if observed.any() else 0.5
