@@ -147,7 +147,10 @@ def _minimize(params, objective, *, iterations, optimizer, lr, tol, cancel):
     """
     def make():
         if optimizer == "lbfgs":
-            return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+            # One iteration = up to 4 L-BFGS steps (torch's line search never moves with max_iter=1);
+            # no absolute tolerances: objectives are per pixel and can be tiny; stopping is ours.
+            return torch.optim.LBFGS(params, lr=lr, max_iter=4, history_size=20, line_search_fn="strong_wolfe",
+                                     tolerance_grad=0.0, tolerance_change=0.0)
         if optimizer == "adam":
             return torch.optim.Adam(params, lr=lr)
         raise ValueError(f"unknown optimizer {optimizer!r}; expected 'lbfgs' or 'adam'")
