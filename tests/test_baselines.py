@@ -150,3 +150,19 @@ def test_tune_oracle_and_params_file(tmp_path, monkeypatch):
 def _mask_case(x):
     op = O.Mask.random(x.shape, 0.5)
     return op.forward(x), op
+
+
+def test_tuned_parameters_follow_the_operator_setting(tmp_path):
+    from napari_flow_prior.baselines import _resolve_params
+    table = {"wiener/blur/0.01": {"balance": 0.5},
+             "_by_operator": {"wiener/blur/0.01/sigma=1.0": {"balance": 0.03},
+                              "wiener/blur/0.01/sigma=3.0": {"balance": 0.1},
+                              "wiener/blur/0.03/sigma=1.0": {"balance": 1.0}}}
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(table))
+    sharp, wide = O.Blur((16, 16), sigma=1.2), O.Blur((16, 16), sigma=2.9)
+    assert _resolve_params("wiener", "blur", 0.01, path, op=sharp) == {"balance": 0.03}
+    assert _resolve_params("wiener", "blur", 0.01, path, op=wide) == {"balance": 0.1}
+    assert _resolve_params("wiener", "blur", 0.03, path, op=wide) == {"balance": 1.0}
+    user_psf = O.Blur((16, 16), psf=np.ones((3, 3)))
+    assert _resolve_params("wiener", "blur", 0.01, path, op=user_psf) == {"balance": 0.5}

@@ -391,10 +391,39 @@ def save_tuned_params(entries: dict[str, dict[str, Any]], path: str | Path | Non
     return path
 
 
-def _resolve_params(name, kind, noise_sigma, path=None) -> dict[str, Any]:
+_OPERATOR_SETTING = {"mask": "missing", "blur": "sigma", "cs": "ratio"}
+
+
+def _by_operator(name, op, noise_sigma, path=None) -> dict[str, Any] | None:
+    """The entry tuned for this operator's setting (missing fraction, blur sigma or cs ratio) in
+    the table's ``_by_operator`` section: nearest noise level first, then nearest setting."""
+    setting = _OPERATOR_SETTING.get(op.kind)
+    path = Path(PARAMS_FILE if path is None else path)
+    if setting is None or not path.is_file():
+        return None
+    value = op.describe().get({"missing": "missing_fraction"}.get(setting, setting))
+    if value is None:  # e.g. a blur with a user PSF: no sigma to match
+        return None
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f).get("_by_operator", {})
+    candidates = []
+    for key, params in table.items():
+        parts = key.split("/")
+        if len(parts) != 4 or parts[0] != name or parts[1] != op.kind or not parts[3].startswith(setting + "="):
+            continue
+        noise, tuned = float(parts[2]), float(parts[3].split("=", 1)[1])
+        candidates.append(((abs(noise - float(noise_sigma)), abs(tuned - float(value))), params))
+    return min(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def _resolve_params(name, kind, noise_sigma, path=None, op=None) -> dict[str, Any]:
     params = dict(DEFAULT_PARAMS[name])
     if noise_sigma is None:
         return params
+    if op is not None:
+        fine = _by_operator(name, op, noise_sigma, path)
+        if fine is not None:
+            return {**params, **fine}
     table = load_tuned_params(path)
     key = params_key(name, kind, noise_sigma)
     if key in table:
@@ -418,14 +447,15 @@ def run_baseline(name: str, y, op, params: dict[str, Any] | None = None,
     """Run baseline ``name`` on measurement ``y`` of operator ``op``; returns a float32 image.
 
     Parameters, later ones winning: ``DEFAULT_PARAMS[name]``; if ``params`` is None and
-    ``noise_sigma`` is given, the tuned entry of ``data/baseline_params.json`` for
-    ``params_key(name, op.kind, noise_sigma)`` (or the nearest tuned noise level); ``params``;
+    ``noise_sigma`` is given, the tuned entry of ``data/baseline_params.json`` for this operator's
+    setting (missing fraction, blur sigma or cs ratio, nearest tuned noise level and setting), else
+    for ``params_key(name, op.kind, noise_sigma)`` (or the nearest tuned noise level); ``params``;
     keyword ``overrides``.
     """
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(_FUNCTIONS)}")
     if params is None:
-        chosen = _resolve_params(name, op.kind, noise_sigma)
+        chosen = _resolve_params(name, op.kind, noise_sigma, op=op)
     else:
         chosen = {**DEFAULT_PARAMS[name], **params}
     chosen.update(overrides)
