@@ -16,8 +16,10 @@ within one evaluation of the objective. Images are in [0, 1]; see ``normalize``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -32,6 +34,8 @@ from .normalization import Scaling, percentile_scaling
 
 METHODS = ("map", "latent", "mle")
 NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
+# memory_saving="auto" switches memory-saving gradients on from this many pixels (see docs/scale.md)
+MEMORY_SAVING_PIXELS = 512 * 512
 
 
 class Cancelled(Exception):
@@ -213,8 +217,22 @@ def reconstruct_steps(
     device: str = "auto",
     seed: int = 0,
     cancel: Callable[[], bool] | None = None,
+    memory_saving: bool | str = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
+    memory_budget: int | str | None = None,
+    _pixels: float | None = None,
 ) -> Iterator[Progress]:
     """Reconstruct one image from measurements ``y = op(x) + noise``; see the module docstring.
+
+    Scale: ``memory_saving`` (True, False or "auto": on from ``MEMORY_SAVING_PIXELS`` pixels)
+    recomputes the flow's activations by inversion in the backward pass instead of storing them.
+    ``tile``: None solves the whole image when its estimated memory fits ``memory_budget`` (bytes
+    or "4G"; default from the free RAM / GPU memory) and otherwise in overlapping tiles blended
+    without seams; 0 always solves the whole image; an integer solves in tiles of that side with
+    ``overlap`` (default a quarter tile). Tiles align with the flow's squeeze grid and a
+    GaussianProjection's blocks; an unaligned request is a ValueError (see ``tiling``). A CUDA
+    out-of-memory error in an automatic whole-image solve falls back to tiles with a warning.
 
     ``weight`` is the prior weight (lambda for map, gamma for latent); ``init`` is "baseline" (the
     operator's matching classical reconstruction, ``baselines.matching_baseline``: a warm start
@@ -236,6 +254,24 @@ def reconstruct_steps(
     if not noise_sigma >= 0:
         raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
     dev = resolve_device(device)
+    from . import tiling
+
+    image_hw = tuple(op.shape[-2:])
+    if memory_saving == "auto":
+        memory_saving = image_hw[0] * image_hw[1] >= MEMORY_SAVING_PIXELS
+    memory_saving = bool(memory_saving)
+    budget = tiling.parse_bytes(memory_budget) if memory_budget is not None else None
+    auto_tile = tile is None
+    if auto_tile:
+        budget = budget if budget is not None else tiling.default_memory_budget(dev)
+        tiled = model.architecture.get("kind") != "linear" and op.kind != "matrix"
+        need = tiling.estimate_solve_bytes(model, op.shape, memory_saving)
+        tile = tiling.choose_tile(model, op, budget, memory_saving) if tiled and need > budget else 0
+    tile_kwargs = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
+                       optimizer=optimizer, lr=lr, init=init, tol=tol, device=device, seed=seed, cancel=cancel,
+                       memory_saving=memory_saving)
+    if tile:
+        return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
     torch.manual_seed(seed)
     model = model.to(dev).eval()
     dtype = model.dtype
@@ -266,7 +302,9 @@ def reconstruct_steps(
         if tuple(x0.shape) != shape:
             raise ValueError(f"init image has shape {tuple(x0.shape)}, expected {shape}")
     x0 = x0.detach().clamp(0, 1).reshape(image_shape)
-    n_pixels = float(np.prod(shape))
+    # the objective is a mean over pixels; a tile uses the whole image's count, so that its
+    # per-pixel gradients (and Adam's steps, whose epsilon is not scale-free) match the whole image's
+    n_pixels = float(np.prod(shape)) if _pixels is None else float(_pixels)
     sigma2 = max(noise_sigma, NOISE_FLOOR) ** 2
     lam = float(settings["weight"])
 
@@ -326,23 +364,78 @@ def reconstruct_steps(
 
     losses: list[float] = []
     total = int(settings["iterations"])
-    for it, value in _minimize(params, objective, iterations=total, optimizer=settings["optimizer"],
-                               lr=float(settings["lr"]), tol=tol, cancel=cancel):
-        losses.append(value)
-        yield Progress(it, total, value)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(model.memory_saving_mode(memory_saving))
+        stack.enter_context(model.cached_constants())
+        try:
+            for it, value in _minimize(params, objective, iterations=total, optimizer=settings["optimizer"],
+                                       lr=float(settings["lr"]), tol=tol, cancel=cancel):
+                losses.append(value)
+                yield Progress(it, total, value)
+        except torch.OutOfMemoryError:
+            if not auto_tile or dev.type == "cpu" or model.architecture.get("kind") == "linear" or op.kind == "matrix":
+                raise
+            params = objective = current = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            small = tiling.choose_tile(model, op, tiling.default_memory_budget(dev) // 2, True)
+            warnings.warn(f"out of memory on {dev} for the whole {image_hw[0]}x{image_hw[1]} image: "
+                          f"solving in {small}x{small} tiles instead", RuntimeWarning, stacklevel=2)
+            stack.close()
+            return (yield from _reconstruct_tiled(y, op, model, small, overlap, t0, **{**tile_kwargs,
+                                                                                      "memory_saving": True}))
 
-    x = current()
-    if not torch.isfinite(x).all():  # cannot happen after the guard above; never return NaN
-        x = torch.nan_to_num(x, nan=0.5, posinf=1.0, neginf=0.0)
-    with torch.no_grad():
-        density = model.log_density_map(x)[0, 0]
+        x = current()
+        if not torch.isfinite(x).all():  # cannot happen after the guard above; never return NaN
+            x = torch.nan_to_num(x, nan=0.5, posinf=1.0, neginf=0.0)
+        with torch.no_grad():
+            density = model.log_density_map(x)[0, 0]
     image = x.reshape(shape).detach().cpu().numpy().astype(np.float32)
     params = {"method": method, **settings, "noise_sigma": noise_sigma, "init": init if isinstance(init, str) else "image",
               "tol": tol, "seed": seed, "operator": op.describe(), "model": model.metadata.get("name"),
-              "model_sha256": model.metadata.get("sha256")}
+              "model_sha256": model.metadata.get("sha256"), "memory_saving": memory_saving, "tile": 0}
     return Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
                   n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
                   params=params, noise_sigma=noise_sigma)
+
+
+def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **kwargs):
+    """Solve ``op``'s image in overlapping tiles (``tiling.plan_tiles``) and blend them."""
+    from . import tiling
+
+    h, w = op.shape[-2:]
+    align = tiling.alignment(op, model)
+    overlap = tiling.default_overlap(tile, align) if overlap is None else int(overlap)
+    tiles = tiling.plan_tiles(h, w, tile, overlap, align)
+    if isinstance(noise_sigma, str):  # one estimate for the whole image, not one per tile
+        noise_sigma = estimate_noise_sigma(y, op)
+    if not isinstance(init, str):
+        init = np.asarray(init)
+        if tuple(init.shape) != tuple(op.shape):
+            raise ValueError(f"init image has shape {tuple(init.shape)}, expected {tuple(op.shape)}")
+    image = tiling.Blender(op.shape, overlap)
+    density = tiling.Blender((h, w), overlap)
+    results = []
+    for index, t in enumerate(tiles):
+        op_t, y_t = tiling.restrict(op, y, t)
+        init_t = init if isinstance(init, str) else init[..., t.r0:t.r1, t.c0:t.c1]
+        gen = reconstruct_steps(y_t, op_t, model, init=init_t, noise_sigma=noise_sigma, tile=0,
+                                _pixels=float(np.prod(op.shape)), **kwargs)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                results.append(stop.value)
+                break
+            yield Progress(index * p.total + p.iteration, len(tiles) * p.total, p.loss)
+        image.add(t, results[-1].image)
+        density.add(t, results[-1].log_density)
+    first = results[0]
+    params = {**first.params, "operator": op.describe(), "tile": tile, "overlap": overlap, "tiles": len(tiles)}
+    return Result(image=image.result(), log_density=density.result(),
+                  losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
+                  seconds=time.time() - t0, device=first.device, method=first.method, params=params,
+                  noise_sigma=first.noise_sigma)
 
 
 def _run(gen, callback=None):

@@ -87,7 +87,22 @@ class ActNorm(ChannelAffine):
         return super().forward(x)
 
 
-class InvConv1x1(InvertibleLayer):
+class _CachedWeight:
+    """Mixin for 1x1 convolutions: ``cache_constants(True)`` computes W, W^-1 and log|det W| once
+    (for a solve with frozen parameters) instead of at every call; ``cache_constants(False)``
+    drops them. The cache is never used while a parameter requires grad."""
+
+    _constants = None
+
+    def cache_constants(self, on: bool = True) -> None:
+        self._constants = None
+        if on and not any(p.requires_grad for p in self.parameters()):
+            with torch.no_grad():
+                w = self._weight()
+                self._constants = (w, torch.linalg.inv(w), self._logdet())
+
+
+class InvConv1x1(_CachedWeight, InvertibleLayer):
     """Invertible 1x1 convolution y = W x at every pixel, W a dense (C, C) matrix.
 
     log|det| per pixel is ``slogdet(W)``. Initialised as a random rotation.
@@ -98,16 +113,25 @@ class InvConv1x1(InvertibleLayer):
         w = torch.linalg.qr(torch.randn(channels, channels))[0]
         self.weight = nn.Parameter(w)
 
+    def _weight(self) -> torch.Tensor:
+        return self.weight
+
+    def _logdet(self) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight)[1]
+
     def forward(self, x):
-        y = F.conv2d(x, self.weight[:, :, None, None])
-        return y, _position_map(torch.linalg.slogdet(self.weight)[1], y)
+        c = self._constants
+        w, logdet = (c[0], c[2]) if c is not None else (self._weight(), self._logdet())
+        y = F.conv2d(x, w[:, :, None, None])
+        return y, _position_map(logdet, y)
 
     def inverse(self, y):
-        w_inv = torch.linalg.inv(self.weight)
+        c = self._constants
+        w_inv = c[1] if c is not None else torch.linalg.inv(self._weight())
         return F.conv2d(y, w_inv[:, :, None, None])
 
 
-class InvConv1x1LU(InvertibleLayer):
+class InvConv1x1LU(_CachedWeight, InvertibleLayer):
     """Invertible 1x1 convolution with W = P L (U + diag(sign * exp(log_s))) (Glow's LU form).
 
     log|det| per pixel is ``sum(log_s)``: cheap, and W can never become singular.
@@ -131,13 +155,14 @@ class InvConv1x1LU(InvertibleLayer):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.perm @ lower @ upper
 
-    def forward(self, x):
-        y = F.conv2d(x, self.weight()[:, :, None, None])
-        return y, _position_map(self.log_s.sum(), y)
+    def _weight(self) -> torch.Tensor:
+        return self.weight()
 
-    def inverse(self, y):
-        w_inv = torch.linalg.inv(self.weight())
-        return F.conv2d(y, w_inv[:, :, None, None])
+    def _logdet(self) -> torch.Tensor:
+        return self.log_s.sum()
+
+    forward = InvConv1x1.forward
+    inverse = InvConv1x1.inverse
 
 
 class Reverse(InvertibleLayer):
@@ -198,6 +223,17 @@ class AffineCoupling(InvertibleLayer):
         log_s, t = self._scale_shift(y_a)
         return torch.cat([y_a, (y_b - t) * torch.exp(-log_s)], 1)
 
+    def reconstruct(self, y):
+        """(x, y', ladj): the input recovered from ``y`` as a leaf and this layer re-run on it,
+        sharing one evaluation of the coupling network (x_a = y_a), for memory-saving gradients."""
+        x_a = y[:, : self.n_a].detach().requires_grad_(True)
+        log_s, t = self._scale_shift(x_a)
+        with torch.no_grad():
+            x_b = (y[:, self.n_a :] - t) * torch.exp(-log_s)
+        x_b.requires_grad_(True)
+        y_b = x_b * torch.exp(log_s) + t
+        return (x_a, x_b), torch.cat([x_a, y_b], 1), log_s.sum(1)
+
 
 class AdditiveCoupling(InvertibleLayer):
     """NICE: y_a = x_a; y_b = x_b + t(x_a); volume preserving (log|det| = 0)."""
@@ -217,6 +253,15 @@ class AdditiveCoupling(InvertibleLayer):
     def inverse(self, y):
         y_a, y_b = y[:, : self.n_a], y[:, self.n_a :]
         return torch.cat([y_a, y_b - self.net(y_a)], 1)
+
+    def reconstruct(self, y):
+        """(x, y', ladj) sharing one evaluation of the coupling network; see AffineCoupling."""
+        x_a = y[:, : self.n_a].detach().requires_grad_(True)
+        t = self.net(x_a)
+        with torch.no_grad():
+            x_b = y[:, self.n_a :] - t
+        x_b.requires_grad_(True)
+        return (x_a, x_b), torch.cat([x_a, x_b + t], 1), y.new_zeros(y.shape[0], y.shape[2], y.shape[3])
 
 
 class Squeeze(InvertibleLayer):

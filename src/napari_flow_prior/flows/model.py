@@ -10,6 +10,7 @@ both as a per-image total and as a per-pixel map whose sum is that total.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from .layers import (
     SplitPrior,
     standard_normal_logp,
 )
+from .memory import memory_saving_chain
 
 KINDS = ("glow", "realnvp", "nice", "linear")
 
@@ -60,13 +62,27 @@ class Latent:
 
 
 class Chain(InvertibleLayer):
-    """Composition f_n o ... o f_1 of layers at one resolution; log|det| maps add up."""
+    """Composition f_n o ... o f_1 of layers at one resolution; log|det| maps add up.
 
-    def __init__(self, layers):
+    With ``memory_saving`` set, a forward pass that records gradients stores only the chain's
+    output and recomputes the layers' inputs by inversion in the backward pass
+    (:mod:`.memory`): same gradients, memory independent of the number of layers.
+    """
+
+    def __init__(self, layers, memory_saving: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.memory_saving = bool(memory_saving)
 
     def forward(self, x):
+        if self.memory_saving and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            if self.training and any(isinstance(m, ActNorm) and not bool(m.initialized) for m in self.modules()):
+                return self.plain_forward(x)  # data-dependent initialisation: plain pass once
+            return memory_saving_chain(self, x)
+        return self.plain_forward(x)
+
+    def plain_forward(self, x):
         total = x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
         for layer in self.layers:
             x, ladj = layer(x)
@@ -284,6 +300,47 @@ class FlowModel(nn.Module):
     def channels(self) -> int:
         return int(self.architecture.get("channels", self.architecture.get("shape", [1])[0]))
 
+    @property
+    def memory_saving(self) -> bool:
+        """Memory-saving gradients: each level's chain of steps stores only its output and
+        recomputes its activations by inversion in the backward pass (same gradients, about one
+        extra forward pass of compute, memory independent of the number of steps). Off by
+        default; the solver switches it on for large images."""
+        chains = [m for m in self.modules() if isinstance(m, Chain)]
+        return bool(chains) and all(m.memory_saving for m in chains)
+
+    @memory_saving.setter
+    def memory_saving(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, Chain):
+                m.memory_saving = bool(on)
+
+    @contextlib.contextmanager
+    def memory_saving_mode(self, on: bool = True):
+        """``with model.memory_saving_mode(): ...`` sets ``memory_saving`` for the block only."""
+        chains = [m for m in self.modules() if isinstance(m, Chain)]
+        before = [m.memory_saving for m in chains]
+        self.memory_saving = on
+        try:
+            yield self
+        finally:
+            for m, b in zip(chains, before):
+                m.memory_saving = b
+
+    @contextlib.contextmanager
+    def cached_constants(self):
+        """Within the block, layers whose parameters are all frozen compute their constant terms
+        (1x1 convolution weights, their inverses and log-dets) once instead of at every call.
+        Leave the block before changing parameters."""
+        layers = [m for m in self.modules() if hasattr(m, "cache_constants")]
+        for m in layers:
+            m.cache_constants(True)
+        try:
+            yield self
+        finally:
+            for m in layers:
+                m.cache_constants(False)
+
     def _float_tensor(self) -> torch.Tensor:
         return next(t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
 
@@ -378,6 +435,7 @@ def build_model(
     matrix=None,
     shape=None,
     seed: int | None = None,
+    memory_saving: bool = False,
 ) -> FlowModel:
     """Build a flow prior.
 
@@ -385,7 +443,8 @@ def build_model(
     ``steps`` steps with coupling networks ``hidden`` channels wide (``lu``: LU-decomposed 1x1
     convolutions for Glow). kind "linear": x = G z with ``matrix`` G (n x n, n = prod(shape)) for
     images of ``shape`` (C, H, W); the model takes G's dtype. ``seed`` makes the random
-    initialisation reproducible.
+    initialisation reproducible. ``memory_saving`` sets ``FlowModel.memory_saving`` (gradients
+    recomputed by inversion; not part of the architecture).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown flow kind {kind!r}; expected one of {KINDS}")
@@ -407,4 +466,6 @@ def build_model(
     flow = MultiScaleFlow(kind, int(channels), int(levels), int(steps), int(hidden), lu=lu)
     arch = {"kind": kind, "channels": int(channels), "levels": int(levels), "steps": int(steps),
             "hidden": int(hidden), "lu": bool(lu)}
-    return FlowModel(flow, arch)
+    model = FlowModel(flow, arch)
+    model.memory_saving = memory_saving
+    return model

@@ -1,0 +1,166 @@
+"""Scale: memory-saving gradients, tiles, dask arrays and the batch command."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import napari_flow_prior as nfp
+from napari_flow_prior import operators as ops
+from napari_flow_prior import tiling
+from napari_flow_prior.flows.model import Chain
+
+from .test_flows import perturb
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# ------------------------------------------------------------------ memory-saving gradients
+@pytest.mark.parametrize("kind,lu", [("glow", True), ("glow", False), ("realnvp", True), ("nice", True)])
+def test_memory_saving_gradients_equal_autograd(kind, lu):
+    model = perturb(nfp.build_model(kind, levels=2, steps=3, hidden=8, lu=lu, seed=0).double())
+    x = torch.rand(2, 1, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def grads(saving):
+        model.memory_saving = saving
+        model.zero_grad()
+        v = x.clone().requires_grad_(True)
+        out = model.log_prob(v)
+        (out * torch.tensor([1.0, -0.5], dtype=torch.float64)).sum().backward()
+        return out.detach(), v.grad, [p.grad for p in model.parameters()]
+
+    out0, gx0, gp0 = grads(False)
+    out1, gx1, gp1 = grads(True)
+    assert model.memory_saving
+    assert torch.allclose(out0, out1, rtol=1e-12)
+    assert _rel(gx1, gx0) < 1e-4
+    assert [g is None for g in gp0] == [g is None for g in gp1]
+    for a, b in zip(gp1, gp0):
+        if b is not None:
+            assert _rel(a, b) < 1e-4
+
+
+def test_memory_saving_with_frozen_parameters_and_cached_constants():
+    model = perturb(nfp.build_model("glow", levels=2, steps=2, hidden=8, seed=0).double())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    v0 = x.clone().requires_grad_(True)
+    model.log_prob(v0).sum().backward()
+    with model.memory_saving_mode(), model.cached_constants():
+        v1 = x.clone().requires_grad_(True)
+        model.log_prob(v1).sum().backward()
+    assert not model.memory_saving  # restored by the context manager
+    assert _rel(v1.grad, v0.grad) < 1e-4
+
+
+def test_memory_saving_chain_stores_only_its_output():
+    chain = perturb(Chain([layer for _ in range(6) for layer in (
+        nfp.flows.layers.ActNorm(4), nfp.flows.layers.InvConv1x1LU(4), nfp.flows.layers.AffineCoupling(4, 8))]))
+    chain.memory_saving = True
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, ladj = chain(x)
+    assert len(saved) == 1 and saved[0].shape == y.shape
+    (y.sum() + ladj.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_build_model_memory_saving_flag_and_training_step():
+    model = nfp.build_model("glow", levels=2, steps=2, hidden=8, seed=0, memory_saving=True).train()
+    assert model.memory_saving and "memory_saving" not in model.architecture
+    x = torch.rand(4, 1, 8, 8)
+    for _ in range(2):  # the first pass initialises ActNorm (plain), the second saves memory
+        model.zero_grad()
+        (-model.log_prob(x).mean()).backward()
+    with_grad = [p.grad is not None for p in model.parameters()]
+    model.memory_saving = False
+    model.zero_grad()
+    (-model.log_prob(x).mean()).backward()
+    assert with_grad == [p.grad is not None for p in model.parameters()] and sum(with_grad) > 10
+
+
+# ------------------------------------------------------------------ tiles
+@pytest.fixture(scope="module")
+def tiny():
+    return perturb(nfp.build_model("glow", levels=1, steps=2, hidden=8, seed=0), scale=0.05)
+
+
+@pytest.fixture
+def image():
+    yy, xx = np.mgrid[0:64, 0:64]
+    return (0.3 + 0.4 * np.sin(yy / 5.0) * np.cos(xx / 7.0) ** 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["cs", "blur", "mask"])
+def test_tiled_and_whole_image_agree_in_the_interior(tiny, image, kind):
+    op = {"cs": lambda: ops.GaussianProjection(image.shape, ratio=0.5, seed=0, block=8),
+          "blur": lambda: ops.Blur(image.shape, sigma=1.0),
+          "mask": lambda: ops.Mask.random(image.shape, 0.5, seed=0)}[kind]()
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    kw = dict(noise_sigma=0.01, iterations=30, tol=0, init=np.full(image.shape, 0.5, np.float32))
+    whole = nfp.reconstruct(y, op, tiny, tile=0, **kw)
+    tiled = nfp.reconstruct(y, op, tiny, tile=32, overlap=16, **kw)
+    assert tiled.params["tiles"] == 9 and whole.params["tile"] == 0
+    diff = np.abs(whole.image - tiled.image)[8:-8, 8:-8]
+    if kind == "mask":  # holes see only the prior, which couples neighbours over the iterations
+        assert diff.mean() < 2e-3 and diff.max() < 0.05
+    else:
+        assert diff.max() < 5e-3
+    assert abs(nfp.psnr(image, whole.image) - nfp.psnr(image, tiled.image)) < 0.05
+    assert np.abs(whole.log_density - tiled.log_density)[8:-8, 8:-8].mean() < 0.05
+
+
+def test_unaligned_tiles_are_an_error(tiny, image):
+    op = ops.GaussianProjection(image.shape, ratio=0.5, seed=0, block=8)
+    y = op.measure(image, seed=0)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        nfp.reconstruct(y, op, tiny, tile=20, iterations=2)
+    with pytest.raises(ValueError, match="align"):
+        tiling.restrict(op, y, tiling.Tile(4, 36, 0, 32))
+    with pytest.raises(ValueError, match="cannot be tiled"):
+        mat = ops.Matrix(np.eye(16 * 16), (16, 16))
+        tiling.restrict(mat, np.zeros(256), tiling.Tile(0, 8, 0, 8))
+
+
+def test_restricted_projection_matches_the_whole_operator(image):
+    op = ops.GaussianProjection((60, 52), ratio=0.3, seed=3, block=8)
+    x = np.random.default_rng(0).random((60, 52)).astype(np.float32)
+    y = op.forward(x)
+    for t in tiling.plan_tiles(60, 52, 24, 8, 8):
+        sub, y_t = tiling.restrict(op, y, t)
+        assert np.allclose(sub.forward(x[t.slices]), y_t, atol=1e-5)
+
+
+def test_plan_tiles_cover_and_blend_to_one():
+    tiles = tiling.plan_tiles(70, 45, 32, 8, 4)
+    cover = np.zeros((70, 45))
+    for t in tiles:
+        assert t.r0 % 4 == 0 and t.c0 % 4 == 0
+        cover[t.slices] += 1
+    assert cover.min() >= 1
+    blend = tiling.Blender((70, 45), 8)
+    for t in tiles:
+        blend.add(t, np.full((t.r1 - t.r0, t.c1 - t.c0), 2.5))
+    assert np.allclose(blend.result(), 2.5)
+
+
+def test_memory_budget_chooses_tiles(tiny, image):
+    op = ops.Mask.random(image.shape, 0.5, seed=0)
+    y = op.measure(image, seed=0)
+    big = nfp.reconstruct(y, op, tiny, iterations=2, memory_budget="8G")
+    assert big.params["tile"] == 0
+    need = tiling.estimate_solve_bytes(tiny, image.shape)
+    small = nfp.reconstruct(y, op, tiny, iterations=2, memory_budget=need // 3)
+    assert small.params["tiles"] > 1 and small.image.shape == image.shape
+    assert tiling.parse_bytes("1.5K") == 1536 and tiling.default_memory_budget() > 0
