@@ -164,3 +164,46 @@ def test_memory_budget_chooses_tiles(tiny, image):
     small = nfp.reconstruct(y, op, tiny, iterations=2, memory_budget=need // 3)
     assert small.params["tiles"] > 1 and small.image.shape == image.shape
     assert tiling.parse_bytes("1.5K") == 1536 and tiling.default_memory_budget() > 0
+
+
+# ------------------------------------------------------------------ dask
+def test_dask_input_matches_numpy_and_runs_chunkwise(tiny):
+    da = pytest.importorskip("dask.array")
+    import dask
+    from dask.callbacks import Callback
+
+    rng = np.random.default_rng(0)
+    stack = rng.random((4, 16, 16)).astype(np.float32)
+    op = ops.Mask.random((16, 16), 0.5, seed=0)
+    ys = np.stack([op.measure(p, noise_sigma=0.01, seed=i) for i, p in enumerate(stack)])
+    reference = nfp.reconstruct_stack(ys, op, tiny, iterations=5, noise_sigma=0.01)
+    lazy = nfp.reconstruct(da.from_array(ys, chunks=(1, 8, 8)), op, tiny, iterations=5, noise_sigma=0.01)
+    assert isinstance(lazy.image, da.Array)
+
+    class Count(Callback):
+        def __init__(self):
+            super().__init__()
+            self.keys = []
+
+        def _pretask(self, key, dsk, state):
+            self.keys.append(str(key))
+
+    with Count() as count, dask.config.set(scheduler="synchronous"):
+        image, density = dask.compute(lazy.image, lazy.log_density)
+    assert sum("nfp-reconstruct" in k for k in count.keys) == 4  # one task per chunk, each ran once
+    np.testing.assert_allclose(image, reference.image, atol=1e-6)
+    np.testing.assert_allclose(density, reference.log_density, atol=1e-4)
+
+    maps = nfp.log_density(da.from_array(stack, chunks=(2, 8, 8)), tiny)
+    assert maps.numblocks[0] == 2
+    np.testing.assert_allclose(maps.compute(), np.stack([nfp.log_density(p, tiny) for p in stack]), atol=1e-5)
+
+
+def test_dask_compressed_sensing_stack(tiny):
+    da = pytest.importorskip("dask.array")
+    op = ops.GaussianProjection((16, 16), ratio=0.5, seed=0, block=8)
+    stack = np.random.default_rng(1).random((3, 16, 16)).astype(np.float32)
+    ys = np.stack([op.measure(p, seed=i) for i, p in enumerate(stack)])
+    lazy = nfp.reconstruct(da.from_array(ys, chunks=(2, -1)), op, tiny, iterations=3)
+    assert lazy.image.shape == (3, 16, 16)
+    np.testing.assert_allclose(lazy.image.compute(), nfp.reconstruct_stack(ys, op, tiny, iterations=3).image, atol=1e-6)

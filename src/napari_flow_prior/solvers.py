@@ -34,8 +34,9 @@ from .normalization import Scaling, percentile_scaling
 
 METHODS = ("map", "latent", "mle")
 NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
-# memory_saving="auto" switches memory-saving gradients on from this many pixels (see docs/scale.md)
-MEMORY_SAVING_PIXELS = 512 * 512
+# memory_saving="auto" switches memory-saving gradients on for images of at least this many pixels
+# whose plain-autograd solve would take more than half the memory budget (see docs/scale.md)
+MEMORY_SAVING_PIXELS = 256 * 256
 
 
 class Cancelled(Exception):
@@ -225,8 +226,8 @@ def reconstruct_steps(
 ) -> Iterator[Progress]:
     """Reconstruct one image from measurements ``y = op(x) + noise``; see the module docstring.
 
-    Scale: ``memory_saving`` (True, False or "auto": on from ``MEMORY_SAVING_PIXELS`` pixels)
-    recomputes the flow's activations by inversion in the backward pass instead of storing them.
+    Scale: ``memory_saving`` (True, False or "auto": on for images of ``MEMORY_SAVING_PIXELS`` or
+    more whose plain solve would take over half of ``memory_budget``) recomputes the flow's activations by inversion in the backward pass instead of storing them.
     ``tile``: None solves the whole image when its estimated memory fits ``memory_budget`` (bytes
     or "4G"; default from the free RAM / GPU memory) and otherwise in overlapping tiles blended
     without seams; 0 always solves the whole image; an integer solves in tiles of that side with
@@ -257,13 +258,13 @@ def reconstruct_steps(
     from . import tiling
 
     image_hw = tuple(op.shape[-2:])
-    if memory_saving == "auto":
-        memory_saving = image_hw[0] * image_hw[1] >= MEMORY_SAVING_PIXELS
+    budget = tiling.parse_bytes(memory_budget) if memory_budget is not None else tiling.default_memory_budget(dev)
+    if memory_saving == "auto":  # pays when plain autograd would take a good part of the budget
+        memory_saving = (image_hw[0] * image_hw[1] >= MEMORY_SAVING_PIXELS
+                         and tiling.estimate_solve_bytes(model, op.shape, False) > budget / 2)
     memory_saving = bool(memory_saving)
-    budget = tiling.parse_bytes(memory_budget) if memory_budget is not None else None
     auto_tile = tile is None
     if auto_tile:
-        budget = budget if budget is not None else tiling.default_memory_budget(dev)
         tiled = model.architecture.get("kind") != "linear" and op.kind != "matrix"
         need = tiling.estimate_solve_bytes(model, op.shape, memory_saving)
         tile = tiling.choose_tile(model, op, budget, memory_saving) if tiled and need > budget else 0
@@ -453,7 +454,17 @@ def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, cal
 
     With ``channel_axis``, ``y`` holds several channels and a 1-channel model reconstructs each
     with the (single-channel) operator ``op``; the results are stacked on that axis.
+
+    A dask array ``y`` (a stack of measurements: leading axes, then ``op.out_shape``) is processed
+    lazily chunk by chunk (``dask.array.map_blocks``; each plane whole, large planes tiled inside
+    the task by the memory budget), so it runs on any dask scheduler, a ``dask.distributed``
+    cluster included: the Result's ``image`` (stack + ``op.shape``) and ``log_density`` (stack +
+    (H, W)) are dask arrays, its losses are empty and ``n_iter`` is 0.
     """
+    if _is_dask(y):
+        if channel_axis is not None:
+            raise ValueError("channel_axis is not supported for dask input; put channels on a stack axis")
+        return _reconstruct_dask(y, op, model, **kwargs)
     if channel_axis is None:
         return _run(reconstruct_steps(y, op, model, **kwargs), callback)
     return _run(reconstruct_stack_steps(y, op, model, axis=channel_axis, **kwargs), callback)
@@ -490,7 +501,14 @@ def reconstruct_stack(y_stack, op, model: FlowModel, *, axis: int = 0, callback=
 
 def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
     """Per-pixel log-density (H, W) in nats of an image in [0, 1] ((H, W) or (C, H, W)), summed
-    over channels; its sum is log p(image)."""
+    over channels; its sum is log p(image).
+
+    A dask array is a stack of such images (leading axes, then (H, W) for a 1-channel model or
+    (C, H, W)): the result is a lazy dask array of the stack's (..., H, W) maps, computed chunk by
+    chunk with each plane whole.
+    """
+    if _is_dask(image):
+        return _log_density_dask(image, model, device)
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[None]
@@ -503,3 +521,85 @@ def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
     with torch.no_grad():
         x = torch.as_tensor(image[None], device=dev, dtype=model.dtype)
         return model.log_density_map(x)[0, 0].cpu().numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------ dask arrays (optional dependency)
+def _is_dask(array) -> bool:
+    return type(array).__module__.startswith("dask.") and hasattr(array, "map_blocks")
+
+
+def _reconstruct_block(block, op, model, kwargs, n_stack):
+    """One dask chunk: (stack..., *op.out_shape) -> (stack..., C + 1, H, W), image then density."""
+    import copy
+
+    # private copies: dask's threaded scheduler runs chunks concurrently, and the operators'
+    # lazily filled caches and the model's solve-time switches are not thread-safe
+    op, model = copy.deepcopy(op), copy.deepcopy(model)
+    h, w = op.shape[-2:]
+    c = op.shape[0] if len(op.shape) == 3 else 1
+    stack = block.shape[:n_stack]
+    planes = np.asarray(block).reshape(-1, *op.out_shape)
+    out = np.empty((planes.shape[0], c + 1, h, w), np.float32)
+    for i, plane in enumerate(planes):
+        result = _run(reconstruct_steps(plane, op, model, **kwargs))
+        out[i, :c] = result.image.reshape(c, h, w)
+        out[i, c] = result.log_density
+    return out.reshape(*stack, c + 1, h, w)
+
+
+def _reconstruct_dask(y, op, model, **kwargs) -> Result:
+    import dask.array as da
+    from dask.base import tokenize
+
+    t0 = time.time()
+    out_shape = tuple(op.out_shape)
+    k = y.ndim - len(out_shape)
+    if k < 0 or tuple(y.shape[k:]) != out_shape:
+        raise ValueError(f"dask measurements of shape {y.shape} do not end with the operator's {out_shape}")
+    single = k == 0
+    if single:
+        y, k = y[None], 1
+    y = y.rechunk({i: -1 for i in range(k, y.ndim)})  # every plane whole in one chunk
+    h, w = op.shape[-2:]
+    c = op.shape[0] if len(op.shape) == 3 else 1
+    chunks = (*y.chunks[:k], (c + 1,), (h,), (w,))
+    out = da.map_blocks(_reconstruct_block, y, op, model, kwargs, k, dtype=np.float32, chunks=chunks,
+                        drop_axis=list(range(k, y.ndim)), new_axis=list(range(k, k + 3)),
+                        name="nfp-reconstruct-" + tokenize(y.name, op.describe(), kwargs, id(model)))
+    image = out[..., :c, :, :] if len(op.shape) == 3 else out[..., 0, :, :]
+    density = out[..., c, :, :]
+    if single:
+        image, density = image[0], density[0]
+    method = kwargs.get("method", "map")
+    sigma = kwargs.get("noise_sigma", 0.01)
+    params = {"method": method, "dask": True, "chunks": [list(ch) for ch in y.chunks[:k]],
+              "operator": op.describe(), "model": model.metadata.get("name")}
+    return Result(image=image, log_density=density, losses=[], n_iter=0, seconds=time.time() - t0,
+                  device=str(resolve_device(kwargs.get("device", "auto"))), method=method, params=params,
+                  noise_sigma=None if isinstance(sigma, str) else float(sigma))
+
+
+def _density_block(block, model, device, n_stack):
+    stack = block.shape[:n_stack]
+    planes = np.asarray(block, np.float32).reshape(-1, *block.shape[n_stack:])
+    out = np.stack([log_density(p, model, device=device) for p in planes])
+    return out.reshape(*stack, *out.shape[-2:])
+
+
+def _log_density_dask(image, model, device):
+    import dask.array as da
+    from dask.base import tokenize
+
+    plane_ndim = 2 if model.channels == 1 else 3
+    k = image.ndim - plane_ndim
+    if k < 0:
+        raise ValueError(f"expected a stack of {plane_ndim}-D images, got shape {image.shape}")
+    single = k == 0
+    if single:
+        image, k = image[None], 1
+    image = image.rechunk({i: -1 for i in range(k, image.ndim)})
+    drop = [k] if plane_ndim == 3 else []
+    chunks = (*image.chunks[:k], image.chunks[-2], image.chunks[-1])
+    out = da.map_blocks(_density_block, image, model, device, k, dtype=np.float32, chunks=chunks,
+                        drop_axis=drop, name="nfp-log-density-" + tokenize(image.name, device, id(model)))
+    return out[0] if single else out
