@@ -82,6 +82,18 @@ class Dataset:
     positions: np.ndarray  # (N, 3) int: image index, row, column of allowed patch corners
     val: list[np.ndarray] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    level_steps: list[float] = field(default_factory=list)  # grey-level spacing of each image, in bins
+
+
+def level_step(plane: np.ndarray, n_bins: int = 256) -> float:
+    """The typical spacing of the grey levels an image uses, in units of 1/n_bins: 1 for a full
+    8-bit image; ~8 for a dim 8-bit image stretched to [0, 1] (it uses every 8th level). Training
+    dequantizes over that spacing, so the prior models the image, not the comb of levels that
+    percentile scaling leaves between the recorded values."""
+    levels = np.unique(np.round(plane * (n_bins - 1)))
+    if levels.size < 2:
+        return 1.0
+    return float(max(1.0, np.median(np.diff(levels))))
 
 
 def to_unit_range(plane: np.ndarray, config: TrainConfig, name: str) -> np.ndarray:
@@ -182,13 +194,15 @@ def make_dataset(planes: list[np.ndarray], config: TrainConfig, val_planes=None,
             positions.append(np.column_stack([np.full(len(corners), i), corners]))
     if not positions:
         raise ValueError("no training patch fits outside the validation blocks; use more data or a smaller patch")
-    return Dataset(planes, np.concatenate(positions).astype(np.int64), val, list(names or []))
+    return Dataset(planes, np.concatenate(positions).astype(np.int64), val, list(names or []),
+                   [level_step(p, config.n_bins) for p in planes])
 
 
-def sample_batch(data: Dataset, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """A batch of patches; nearly empty patches (std < background_std) are kept only with a
-    probability that falls to ``background_keep`` as the patch gets flatter."""
-    p, out = config.patch, []
+def sample_batch(data: Dataset, config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of patches and their images' grey-level steps; nearly empty patches (std <
+    background_std) are kept only with a probability that falls to ``background_keep`` as the
+    patch gets flatter."""
+    p, out, steps = config.patch, [], []
     while len(out) < config.batch:
         idx, r, c = data.positions[rng.integers(len(data.positions))]
         patch = data.images[idx][:, r:r + p, c:c + p]
@@ -200,14 +214,17 @@ def sample_batch(data: Dataset, config: TrainConfig, rng: np.random.Generator) -
             if rng.random() < 0.5:
                 patch = patch[:, :, ::-1]
         out.append(patch)
-    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+        steps.append(data.level_steps[idx] if data.level_steps else 1.0)
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32), np.float32(steps)
 
 
-def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator) -> torch.Tensor:
-    """(k + u) / n_bins with k = round(x * (n_bins - 1)), u ~ U(0, 1): the continuous data the
-    density is fitted to (matches the bits/dim definition)."""
-    u = torch.rand(x.shape, generator=generator, device=generator.device if generator.device.type != "mps" else "cpu")
-    return (torch.round(x * (n_bins - 1)) + u.to(x.device)) / n_bins
+def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator, steps=None) -> torch.Tensor:
+    """(k + s u) / n_bins with k = round(x * (n_bins - 1)), u ~ U(0, 1) and s the image's grey-level
+    step (1 for full 8-bit data: the bits/dim definition's dequantization)."""
+    u = torch.rand(x.shape, generator=generator).to(x.device)
+    if steps is not None:
+        u = u * torch.as_tensor(steps, device=x.device, dtype=x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+    return (torch.round(x * (n_bins - 1)) + u) / n_bins
 
 
 @torch.no_grad()
@@ -312,8 +329,8 @@ def train_steps(
                 break
             if config.minutes is not None and elapsed >= 60 * config.minutes:
                 break
-            batch = torch.from_numpy(sample_batch(data, config, rng)).to(device)
-            x = dequantize(batch, config.n_bins, gen)
+            patches, steps = sample_batch(data, config, rng)
+            x = dequantize(torch.from_numpy(patches).to(device), config.n_bins, gen, steps)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, config, elapsed)
             dims = x[0].numel()
