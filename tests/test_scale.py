@@ -1,7 +1,6 @@
 """Scale: memory-saving gradients, tiles, dask arrays and the batch command."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -207,3 +206,72 @@ def test_dask_compressed_sensing_stack(tiny):
     lazy = nfp.reconstruct(da.from_array(ys, chunks=(2, -1)), op, tiny, iterations=3)
     assert lazy.image.shape == (3, 16, 16)
     np.testing.assert_allclose(lazy.image.compute(), nfp.reconstruct_stack(ys, op, tiny, iterations=3).image, atol=1e-6)
+
+
+# ------------------------------------------------------------------ batch command
+@pytest.fixture
+def batch_inputs(tmp_path):
+    import tifffile
+
+    model = tmp_path / "tiny.safetensors"
+    nfp.save_model(nfp.build_model("glow", levels=2, steps=1, hidden=8, seed=0).eval(), model, domain="test")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:16, 0:16]
+    for i in range(3):
+        tifffile.imwrite(folder / f"img{i}.tif", (1000 + 300 * i + 2000 * np.exp(-((yy - 5 - i) ** 2 + (xx - 8) ** 2) / 20)).astype(np.uint16))
+    return folder, model
+
+
+def _batch(folder, model, out):
+    from napari_flow_prior.cli import main
+
+    return main(["batch", str(folder), "--out", str(out), "--model", str(model), "--operator", "mask:0.5",
+                 "--simulate", "--iterations", "2"])
+
+
+def test_batch_resumes_and_reports_corrupted_files(tmp_path, batch_inputs):
+    folder, model = batch_inputs
+    (folder / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")
+    out = tmp_path / "out"
+    assert _batch(folder, model, out) == 1  # a failure is reported in the exit status ...
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["done"] == 3 and report["failed"] == 1  # ... without stopping the batch
+    assert report["images"]["broken"]["status"] == "failed" and "broken.tif" in report["images"]["broken"]["error"]
+    first = (out / "img0" / "reconstruction.tif").stat().st_mtime_ns
+    (folder / "broken.tif").unlink()
+    assert _batch(folder, model, out) == 0
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["skipped"] == 3 and report["done"] == 0
+    assert (out / "img0" / "reconstruction.tif").stat().st_mtime_ns == first  # not redone
+
+
+def test_batch_interrupted_leaves_no_half_written_output(tmp_path, batch_inputs, monkeypatch):
+    from pathlib import Path
+
+    import tifffile
+
+    folder, model = batch_inputs
+    out = tmp_path / "out"
+    real = tifffile.imwrite
+    calls = {"n": 0}
+
+    def flaky(path, data, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second image's second file: die half-way through the write
+            Path(path).write_bytes(b"II*\x00half")
+            raise KeyboardInterrupt
+        return real(path, data, *a, **k)
+
+    monkeypatch.setattr(tifffile, "imwrite", flaky)
+    assert _batch(folder, model, out) == 130
+    finals = [p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".part")]
+    for p in finals:  # every final file is complete and readable
+        if p.suffix == ".tif":
+            assert np.isfinite(tifffile.imread(p)).all()
+    assert not (out / "img1" / "report.json").exists()
+    assert list(out.rglob("*.part"))  # the interrupted write stayed under its temporary name
+    monkeypatch.setattr(tifffile, "imwrite", real)
+    assert _batch(folder, model, out) == 0
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["skipped"] == 1 and report["done"] == 2 and not list(out.rglob("*.part"))
