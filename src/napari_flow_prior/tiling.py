@@ -32,7 +32,7 @@ _IMAGE_FLOATS = 24
 
 def _steps_floats_per_position(kind: str, c: int, hidden: int) -> int:
     """Floats plain autograd keeps per spatial position for one flow step with c channels."""
-    coupling = 4 * hidden + 4 * c  # net activations (2 convs + 2 ReLUs) + scale/shift/exp/tanh
+    coupling = 2 * hidden + 2 * c  # net activations kept for backward + scale/shift terms
     if kind == "nice":
         return coupling + 2 * c
     return coupling + 4 * c  # + actnorm and 1x1 conv (or reversal) inputs

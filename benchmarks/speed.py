@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Solver speed: time to a reference quality, and iterations per second.
+
+Task: the shipped ``nuclei`` sample cropped to 256x256 (``demo.sample_image``), inpainting with
+80% of the pixels missing (``Mask.random``, seed 0), noise sigma 0.01, the shipped ``nuclei``
+prior, ``method="map"`` with the solver's defaults (Adam, warm start from the matching baseline).
+
+1. Reference: the PSNR after ``--reference`` (3000) Adam iterations with ``tol=0``.
+2. Time to within 0.1 dB of it: solves with increasing iteration budgets (``--budgets``; the
+   cosine step schedule depends on the budget, so each budget is its own solve, as a user would
+   run it); the wall time of the first budget that reaches reference - 0.1 dB is reported.
+3. Iterations per second of the MAP solve at 256x256 and 1024x1024 (``--rate-iterations`` timed
+   iterations after one warm-up iteration, from the solver's progress callbacks; memory saving
+   off and on).
+
+Usage (the full reference takes minutes on 2 CPU cores)::
+
+    PYTHONPATH=src python benchmarks/speed.py [--threads 2] [--reference 3000]
+        [--budgets 50,100,200,300,500,1000] [--rate-iterations 5] [--device auto] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference", type=int, default=3000)
+    ap.add_argument("--budgets", default="50,100,200,300,500,1000")
+    ap.add_argument("--rate-iterations", type=int, default=5)
+    ap.add_argument("--rate-sizes", default="256,1024")
+    ap.add_argument("--skip-reference", action="store_true", help="only measure iterations/s")
+    ap.add_argument("--model", default="nuclei", help="model name or file (iterations/s fall back to an "
+                    "untrained levels=3, steps=8, hidden=64 Glow when it is not available)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import napari_flow_prior as nfp
+    from napari_flow_prior.demo import sample_image
+
+    try:
+        model = nfp.load_model(args.model)
+    except FileNotFoundError as err:
+        if not args.skip_reference:
+            raise
+        print(f"{err}: timing an untrained levels=3, steps=8, hidden=64 Glow", flush=True)
+        model = nfp.build_model("glow", levels=3, steps=8, hidden=64, seed=0)
+    figures: dict = {"threads": args.threads, "torch": torch.__version__, "model": model.metadata.get("name")}
+
+    def solve(y, op, iterations, **kw):
+        t0 = time.perf_counter()
+        r = nfp.reconstruct(y, op, model, noise_sigma=0.01, iterations=iterations, tol=0, device=args.device, **kw)
+        if r.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return r, time.perf_counter() - t0
+
+    if not args.skip_reference:
+        truth = sample_image("nuclei", size=256)
+        op = nfp.operators.Mask.random(truth.shape, missing_fraction=0.8, seed=0)
+        y = op.measure(truth, noise_sigma=0.01, seed=0)
+        ref, ref_s = solve(y, op, args.reference)
+        target = nfp.psnr(truth, ref.image) - 0.1
+        figures["reference"] = {"iterations": args.reference, "psnr": nfp.psnr(truth, ref.image), "seconds": ref_s}
+        baseline = nfp.baselines.run_baseline(nfp.baselines.matching_baseline(op), y, op, noise_sigma=0.01)
+        figures["baseline_psnr"] = nfp.psnr(truth, baseline)
+        figures["budgets"] = []
+        for budget in [int(b) for b in args.budgets.split(",")]:
+            r, s = solve(y, op, budget)
+            figures["budgets"].append({"iterations": budget, "psnr": nfp.psnr(truth, r.image), "seconds": s})
+            print(json.dumps(figures["budgets"][-1]), flush=True)
+            if nfp.psnr(truth, r.image) >= target:
+                figures["seconds_to_reference_minus_0.1dB"] = s
+                break
+        print(json.dumps({k: v for k, v in figures.items() if k != "budgets"}), flush=True)
+
+    figures["iterations_per_second"] = []
+    for size in [int(s) for s in args.rate_sizes.split(",")]:
+        img = np.random.default_rng(0).random((size, size)).astype(np.float32)
+        op = nfp.operators.Mask.random(img.shape, missing_fraction=0.8, seed=0)
+        y = op.measure(img, noise_sigma=0.01, seed=0)
+        for saving in (False, True):
+            stamps = []
+
+            def stamp(_progress):
+                if args.device != "cpu" and torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+
+            solve(y, op, 1 + args.rate_iterations, init="pinv", memory_saving=saving, tile=0, callback=stamp)
+            rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])  # after the first (warm-up) iteration
+            figures["iterations_per_second"].append({"size": size, "memory_saving": saving, "it_per_s": rate})
+            print(json.dumps(figures["iterations_per_second"][-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
