@@ -37,7 +37,7 @@ Methods:
 Outputs: a table on stdout, ``benchmarks/results/range_error.json`` (per image and mean PSNR),
 ``docs/images/range_error.png`` (mean PSNR vs m/n; one row per model, held-out and OOD panels).
 
-    PYTHONPATH=src python benchmarks/range_error.py                 # shipped nuclei model
+    PYTHONPATH=src python benchmarks/range_error.py                 # shipped nuclei and medical models
     PYTHONPATH=src python benchmarks/range_error.py --nuclei-model /work/runs/final/nuclei.safetensors
     PYTHONPATH=src python benchmarks/range_error.py --ratios 0.1,1.0 --n-in 1 --ood camera \\
         --iterations 20 --out-json /tmp/re.json --out-fig /tmp/re.png   # smoke test
@@ -295,12 +295,12 @@ def plot(results: list[dict], path: Path, args) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
-    ap.add_argument("--models", default="nuclei", help="comma-separated: nuclei, medical")
+    ap.add_argument("--models", default="nuclei,medical", help="comma-separated: nuclei, medical")
     ap.add_argument("--nuclei-model", default="nuclei", help="model name or .safetensors path")
     ap.add_argument("--medical-model", default="medical", help="model name or .safetensors path")
     ap.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--n-in", type=int, default=4, help="held-out crops per model")
+    ap.add_argument("--n-in", type=int, default=3, help="held-out crops per model")
     ap.add_argument("--ood", default="camera,brick", help=f"out-of-domain images among {OOD}")
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=None, help="flow steps (default 300)")
@@ -309,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-json", type=Path, default=HERE / "results" / "range_error.json")
     ap.add_argument("--out-fig", type=Path, default=ROOT / "docs" / "images" / "range_error.png")
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="a previous output JSON: keep its results for the models not run now")
     args = ap.parse_args(argv)
     args.ratios = [float(r) for r in args.ratios.split(",")]
     args.ood = [o.strip() for o in args.ood.split(",") if o.strip()]
@@ -319,6 +321,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     refs = {"nuclei": args.nuclei_model, "medical": args.medical_model}
     results = [run_model(d.strip(), refs[d.strip()], args) for d in args.models.split(",") if d.strip()]
+    if args.merge is not None:
+        done = {r["domain"] for r in results}
+        previous = json.loads(args.merge.read_text())
+        results += [r for r in previous["results"] if r["domain"] not in done]
+        results.sort(key=lambda r: ("nuclei", "medical").index(r["domain"]))
     for result in results:
         print("\n" + table(result))
         print("seconds: " + ", ".join(f"{m} {s:.0f}" for m, s in result["seconds"].items()))
