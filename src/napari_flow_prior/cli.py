@@ -194,6 +194,8 @@ def _cmd_models(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-flow-prior", description="Normalizing-flow priors for "
                                      "inpainting, deblurring and compressed sensing.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: all cores; use 1 on a machine busy with other jobs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("reconstruct", help="reconstruct one image from measurements")
@@ -271,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as err:

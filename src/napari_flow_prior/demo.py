@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
-CASES = (("inpainting, 80% missing", "mask:0.8"), ("deblurring, sigma 2", "blur:2.0"),
-         ("compressed sensing, m/n 0.2", "cs:0.2"))
+CASES = (("inpainting 80% missing", "mask:0.8"), ("deblurring sigma 2", "blur:2.0"),
+         ("compr. sensing m/n 0.2", "cs:0.2"))
 
 
 def sample_image(name: str = "nuclei", size: int | None = None) -> np.ndarray:
@@ -76,5 +76,5 @@ def _figure(panels, path: Path, scale: int = 2) -> None:
             tile = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((pw, h * scale), Image.NEAREST)
             x, y = pad + c * (pw + pad), pad + r * (ph + pad)
             sheet.paste(tile, (x, y + cap))
-            draw.text((x + 2, y + 2), caption[:38], fill=0)
+            draw.text((x + 2, y + 2), caption[: max(8, pw // 7)], fill=0)
     sheet.save(path)
