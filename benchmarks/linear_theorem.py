@@ -75,7 +75,7 @@ def check_m(G, s, m, side, rng, n_draws=2000, solver_draws=3, iterations=300):
     exact = exact_error(S, A)
     mc, se = float(errors.mean()), float(errors.std(ddof=1) / np.sqrt(n_draws))
     low, high = bounds(s, m)
-    return {"m": m, "solver_rel_error": worst, "exact": exact, "mc": mc, "se": se,
+    return {"m": int(m), "solver_rel_error": worst, "exact": exact, "mc": mc, "se": se,
             "z": (mc - exact) / se, "lower": low, "upper": high,
             "inside": bool(low <= exact <= high and low <= mc <= high)}
 
