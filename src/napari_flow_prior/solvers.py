@@ -422,13 +422,7 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
         init_t = init if isinstance(init, str) else init[..., t.r0:t.r1, t.c0:t.c1]
         gen = reconstruct_steps(y_t, op_t, model, init=init_t, noise_sigma=noise_sigma, tile=0,
                                 _pixels=float(np.prod(op.shape)), **kwargs)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                results.append(stop.value)
-                break
-            yield Progress(index * p.total + p.iteration, len(tiles) * p.total, p.loss)
+        results.append((yield from _part(gen, index, len(tiles))))
         image.add(t, results[-1].image)
         density.add(t, results[-1].log_density)
     first = results[0]
@@ -437,6 +431,17 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
                   noise_sigma=first.noise_sigma)
+
+
+def _part(gen, index: int, parts: int):
+    """Re-yield the progress of part ``index`` of ``parts`` (a tile, a plane) on the scale of the
+    whole job and return the part's result; closing the outer generator closes this one."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(index * p.total + p.iteration, parts * p.total, p.loss)
 
 
 def _run(gen, callback=None):
@@ -477,14 +482,7 @@ def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **k
     planes = np.moveaxis(y_stack, axis, 0)
     results = []
     for index, plane in enumerate(planes):
-        gen = reconstruct_steps(plane, op, model, **kwargs)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                results.append(stop.value)
-                break
-            yield Progress(index * p.total + p.iteration, len(planes) * p.total, p.loss)
+        results.append((yield from _part(reconstruct_steps(plane, op, model, **kwargs), index, len(planes))))
     first = results[0]
     return Result(
         image=np.moveaxis(np.stack([r.image for r in results]), 0, axis),
