@@ -444,7 +444,9 @@ def _part(gen, index: int, parts: int):
         yield Progress(index * p.total + p.iteration, parts * p.total, p.loss)
 
 
-def _run(gen, callback=None):
+def run_to_end(gen, callback=None):
+    """Drive a progress generator to its end (``callback(progress)`` after each step) and return
+    its value."""
     while True:
         try:
             progress = next(gen)
@@ -471,8 +473,8 @@ def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, cal
             raise ValueError("channel_axis is not supported for dask input; put channels on a stack axis")
         return _reconstruct_dask(y, op, model, **kwargs)
     if channel_axis is None:
-        return _run(reconstruct_steps(y, op, model, **kwargs), callback)
-    return _run(reconstruct_stack_steps(y, op, model, axis=channel_axis, **kwargs), callback)
+        return run_to_end(reconstruct_steps(y, op, model, **kwargs), callback)
+    return run_to_end(reconstruct_stack_steps(y, op, model, axis=channel_axis, **kwargs), callback)
 
 
 def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **kwargs) -> Iterator[Progress]:
@@ -494,7 +496,7 @@ def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **k
 
 def reconstruct_stack(y_stack, op, model: FlowModel, *, axis: int = 0, callback=None, **kwargs) -> Result:
     """``reconstruct_stack_steps`` run to the end."""
-    return _run(reconstruct_stack_steps(y_stack, op, model, axis=axis, **kwargs), callback)
+    return run_to_end(reconstruct_stack_steps(y_stack, op, model, axis=axis, **kwargs), callback)
 
 
 def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
@@ -539,7 +541,7 @@ def _reconstruct_block(block, op, model, kwargs, n_stack):
     planes = np.asarray(block).reshape(-1, *op.out_shape)
     out = np.empty((planes.shape[0], c + 1, h, w), np.float32)
     for i, plane in enumerate(planes):
-        result = _run(reconstruct_steps(plane, op, model, **kwargs))
+        result = run_to_end(reconstruct_steps(plane, op, model, **kwargs))
         out[i, :c] = result.image.reshape(c, h, w)
         out[i, c] = result.log_density
     return out.reshape(*stack, c + 1, h, w)

@@ -26,6 +26,7 @@ from .flows import FlowModel, build_model, load_model, save_model
 from .imageio import as_planes, image_files, read_image
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import percentile_scaling
+from .solvers import run_to_end  # noqa: F401  (re-exported: drives train_steps)
 
 
 @dataclass
@@ -398,15 +399,6 @@ def _write_log(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-
-
-def run_to_end(gen):
-    """Drive a progress generator to its end and return its value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def train(images, out: str | os.PathLike, config: TrainConfig | None = None, *, domain: str = "",

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..__about__ import __version__
+from ..solvers import run_to_end  # noqa: F401  (re-exported for scripts)
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
@@ -92,15 +93,6 @@ class OperatorSpec:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def run_to_end(gen):
-    """Drive a plugin generator to its end and return its value (the layer-data tuples)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def resolve_model(model):
     """A loaded model from a model object, a shipped/user model name, or a file path; a
     ``ValueError`` naming the problem otherwise."""
