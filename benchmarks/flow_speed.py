@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCH = dict(kind="glow", levels=3, steps=8, hidden=64)
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """Resident memory of this process (psutil, else /proc/self/statm)."""
     try:
         import psutil
 
@@ -58,7 +59,7 @@ def child(size: int, batch: int, threads: int, min_seconds: float, min_repeats: 
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((batch, 1, size, size), generator=gen)
-    base_rss = _rss_bytes()
+    base_rss = rss_bytes()
 
     def step():
         model.zero_grad(set_to_none=True)

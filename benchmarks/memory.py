@@ -26,17 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flow_speed import rss_bytes  # noqa: E402  (one way to read memory for both benchmarks)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rss_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def child(size: int, steps: int, hidden: int, levels: int, saving: bool, threads: int) -> dict:
@@ -54,7 +47,7 @@ def child(size: int, steps: int, hidden: int, levels: int, saving: bool, threads
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((1, 1, size, size), generator=gen).requires_grad_(True)
     y = torch.rand((1, 1, size, size), generator=gen)
-    base = _rss_bytes()
+    base = rss_bytes()
     t0 = time.perf_counter()
     with model.cached_constants():
         loss = ((x - y).pow(2).sum() / 2e-4 - model.log_prob(x).sum()) / x.numel()
