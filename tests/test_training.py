@@ -127,3 +127,16 @@ def test_bad_data_is_rejected_clearly(tmp_path):
     nan = np.full((64, 64), np.nan, np.float32)
     with pytest.raises(ValueError, match="NaN"):
         run_to_end(train_steps([nan], tiny()))
+
+
+def test_level_step_finds_a_comb_but_not_a_sparse_image():
+    from napari_flow_prior.training import level_step
+
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 256, (64, 64)) / 255
+    assert level_step(full) == 1.0
+    dim = rng.integers(0, 30, (64, 64))  # a dim 8-bit image with 30 levels, stretched to [0, 1]
+    assert 7.0 <= level_step(np.round(dim * 255 / 29) / 255) <= 9.0
+    # scattered levels (gaps of 1 to 6, like an MNIST digit) are no comb
+    sparse = np.cumsum(rng.integers(1, 7, 60))
+    assert level_step(rng.choice(sparse, (28, 28)) / 255) == 1.0
