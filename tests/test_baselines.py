@@ -166,3 +166,27 @@ def test_tuned_parameters_follow_the_operator_setting(tmp_path):
     assert _resolve_params("wiener", "blur", 0.03, path, op=wide) == {"balance": 1.0}
     user_psf = O.Blur((16, 16), psf=np.ones((3, 3)))
     assert _resolve_params("wiener", "blur", 0.01, path, op=user_psf) == {"balance": 0.5}
+
+
+def test_pull_push_fills_holes_and_keeps_observed_pixels():
+    yy, xx = np.mgrid[0:67, 0:45] / 40.0  # odd sizes
+    image = (0.5 + 0.4 * np.sin(3 * yy) * np.cos(2 * xx)).astype(np.float32)
+    op = O.Mask.random(image.shape, 0.8, seed=0)
+    y = op.forward(image)
+    filled = B.pull_push(y, op)
+    assert filled.shape == image.shape and np.isfinite(filled).all()
+    assert np.array_equal(filled[op.observed], y[op.observed])
+    assert psnr(image, filled) > psnr(image, np.where(op.observed, y, y[op.observed].mean())) + 10
+    assert psnr(image, filled) > 35
+
+
+def test_warm_start_switches_to_pull_push_for_large_masks(monkeypatch):
+    image = np.full((32, 32), 0.3, np.float32)
+    op = O.Mask.random(image.shape, 0.5, seed=0)
+    calls = []
+    monkeypatch.setattr(B, "pull_push", lambda y, op: calls.append("pull_push") or y)
+    monkeypatch.setattr(B, "run_baseline", lambda name, y, op, **kw: calls.append(name) or y)
+    B.warm_start(op.forward(image), op, 0.01)
+    monkeypatch.setattr(B, "FAST_WARM_START_PIXELS", 16 * 16)
+    B.warm_start(op.forward(image), op, 0.01)
+    assert calls == ["biharmonic", "pull_push"]

@@ -173,6 +173,10 @@ def test_bad_inputs_give_clear_errors(model, image):
         nfp.reconstruct(y, blur, model)
     with pytest.raises(ValueError, match="device"):
         nfp.reconstruct(blur.forward(image), blur, model, device="tpu")
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        nfp.reconstruct(blur.forward(image), blur, model, device="cpu", cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph must be"):
+        nfp.reconstruct(blur.forward(image), blur, model, cuda_graph="yes")
 
 
 def test_nan_pixels_are_missing_for_a_mask(model, image):

@@ -42,10 +42,12 @@ __all__ = [
     "tune",
     "oracle",
     "matching_baseline",
+    "warm_start",
     "params_key",
     "load_tuned_params",
     "save_tuned_params",
     "biharmonic",
+    "pull_push",
     "tv_inpaint",
     "wiener",
     "richardson_lucy",
@@ -226,6 +228,47 @@ def biharmonic(y, op: ops.Mask) -> np.ndarray:
     return _finish(out, op)
 
 
+def pull_push(y, op: ops.Mask) -> np.ndarray:
+    """Fast fill of the missing pixels by pull-push (multi-scale normalised averaging): each 2x2
+    coarser level averages the known values below it; filling back down, a missing pixel takes
+    its coarser level's value. O(pixels): a warm start for large images, where biharmonic's
+    sparse solve takes about a minute at 1024x1024."""
+    _need(op, ops.Mask, "pull_push")
+    y = _channels(np.asarray(y, dtype=np.float64).reshape(op.shape))
+    known = _channels(op.observed_full).astype(np.float64)
+    out = np.empty_like(y)
+    for c in range(y.shape[0]):
+        out[c] = _pull_push(y[c] * known[c], known[c])
+    return _finish(np.where(_channels(op.observed_full), y, out), op)
+
+
+def _pull_push(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    h, w = values.shape
+    if h <= 1 and w <= 1 or weights.sum() == 0:
+        total = weights.sum()
+        return np.full_like(values, values.sum() / total if total else 0.5)
+    ph, pw = h + h % 2, w + w % 2  # pad odd sizes with zero weight
+    v = np.zeros((ph, pw))
+    k = np.zeros((ph, pw))
+    v[:h, :w], k[:h, :w] = values, weights
+    coarse_v = v.reshape(ph // 2, 2, pw // 2, 2).sum(axis=(1, 3))
+    coarse_k = k.reshape(ph // 2, 2, pw // 2, 2).sum(axis=(1, 3))
+    coarse = _pull_push(coarse_v, coarse_k)
+    up = _binomial(np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1))[:h, :w]  # smooth, not blocky
+    alpha = np.minimum(weights, 1.0)  # blend: known pixels keep their own average
+    mean = np.divide(values, weights, out=np.zeros_like(values), where=weights > 0)
+    return alpha * mean + (1 - alpha) * up
+
+
+def _binomial(a: np.ndarray) -> np.ndarray:
+    """[1, 2, 1] / 4 smoothing along both axes (edges replicated)."""
+    for axis in (0, 1):
+        p = np.pad(a, [(1, 1) if i == axis else (0, 0) for i in range(2)], mode="edge")
+        lo, mid, hi = (np.take(p, range(o, o + a.shape[axis]), axis=axis) for o in (0, 1, 2))
+        a = (lo + 2 * mid + hi) / 4
+    return a
+
+
 def tv_inpaint(y, op: ops.Mask, weight: float = 0.01, n_iter: int = 300) -> np.ndarray:
     """Total-variation inpainting: min 0.5 ||M x - y||^2 + weight TV(x), 0 <= x <= 1 (Condat-Vu),
     started from the observed mean in the holes."""
@@ -357,6 +400,19 @@ def matching_baseline(op) -> str:
         return _MATCHING[op.kind]
     except (AttributeError, KeyError):
         raise ValueError(f"no baseline for operator {op!r}") from None
+
+
+# above this many pixels per plane a mask's warm start is pull_push, not biharmonic (0.7 s at
+# 256x256, 57 s at 1024x1024 on one core: its sparse solve grows faster than the image)
+FAST_WARM_START_PIXELS = 512 * 512
+
+
+def warm_start(y, op, noise_sigma: float) -> np.ndarray:
+    """The solver's starting image (``init="baseline"``): the operator's matching baseline, or
+    ``pull_push`` for a mask on planes larger than ``FAST_WARM_START_PIXELS``."""
+    if op.kind == "mask" and op.shape[-1] * op.shape[-2] > FAST_WARM_START_PIXELS:
+        return pull_push(y, op)
+    return run_baseline(matching_baseline(op), y, op, noise_sigma=noise_sigma)
 
 
 def params_key(name: str, kind: str, noise_sigma: float) -> str:
