@@ -219,6 +219,44 @@ def test_bits_per_dim_by_hand():
     assert np.allclose(got, expected / 4, rtol=1e-10)
 
 
+def test_level_bins_reach_the_next_used_level():
+    from napari_flow_prior.flows.model import level_bins
+
+    k = torch.tensor([[0.0, 8, 8, 16, 250], [3, 3, 4, 5, 7]])
+    assert level_bins(k, 256).tolist() == [[8, 8, 8, 234, 6], [1, 1, 1, 2, 249]]
+
+
+def test_level_coded_bits_per_dim_is_a_code():
+    """Kraft: 2^-(code length) summed over every image of a tiny space is at most 1 for each bins
+    mode (a mode that forgot its side information or overlapped bins could exceed it)."""
+    import itertools
+
+    n_bins = 4
+    model = nfp.build_model("linear", matrix=0.5 * torch.eye(2, dtype=torch.float64), shape=(1, 1, 2))
+    images = torch.tensor(list(itertools.product(range(n_bins), repeat=2)), dtype=torch.float64)
+    images = images.reshape(-1, 1, 1, 2) / (n_bins - 1)
+    for bins in ("unit", "levels", "best"):
+        bits = 2 * model.bits_per_dim(images, n_bins=n_bins, draws=200, bins=bins)
+        assert float((2.0 ** -bits).sum()) <= 1.0, bins
+
+
+def test_level_coded_bits_per_dim_charges_side_information_and_saves_the_comb():
+    gen = torch.Generator().manual_seed(0)
+    model = perturb(nfp.build_model("glow", levels=2, steps=2, hidden=8), scale=0.05).double()
+    full = torch.arange(256, dtype=torch.float64).reshape(1, 1, 16, 16) / 255
+    d = full.numel()
+    unit, levels = (model.bits_per_dim(full, bins=b) for b in ("unit", "levels"))
+    assert torch.allclose(levels, unit + 256 / d)  # every level used: only the side information differs
+    assert torch.allclose(model.bits_per_dim(full, bins="best"), unit + 1 / d)
+    # a dim image stretched to [0, 1] uses every 8th level; a smooth density loses ~log2(8) bits
+    # per pixel to the empty levels with unit bins, which the level code does not
+    comb = (8 * torch.randint(0, 32, (2, 1, 32, 32), generator=gen)).double() / 255
+    saving = model.bits_per_dim(comb, bins="unit") - model.bits_per_dim(comb, bins="levels")
+    assert torch.all((saving > 2.7) & (saving < 3.1)), saving
+    with pytest.raises(ValueError, match="bins"):
+        model.bits_per_dim(comb, bins="wide")
+
+
 def test_sample_shapes_and_temperature():
     model = perturb(nfp.build_model("glow", levels=2, steps=2, hidden=8), scale=0.05)
     s = model.sample(3, 10, 7, temperature=0.7, seed=1)

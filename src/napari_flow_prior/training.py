@@ -233,8 +233,10 @@ def dequantize(x: torch.Tensor, n_bins: int, generator: torch.Generator, steps=N
 
 
 @torch.no_grad()
-def validation_bpd(model: FlowModel, images: Sequence[np.ndarray], device, n_bins=256, max_images=None, draws=1) -> float:
-    """Mean bits/dim over whole validation images (weighted by pixels), batching equal shapes."""
+def validation_bpd(model: FlowModel, images: Sequence[np.ndarray], device, n_bins=256, max_images=None, draws=1,
+                   bins: str = "unit") -> float:
+    """Mean bits/dim over whole validation images (weighted by pixels), batching equal shapes;
+    ``bins`` as in ``FlowModel.bits_per_dim``."""
     images = list(images)[: max_images or None]
     total_bits, total_dims = 0.0, 0
     by_shape: dict[tuple, list[np.ndarray]] = {}
@@ -245,7 +247,7 @@ def validation_bpd(model: FlowModel, images: Sequence[np.ndarray], device, n_bin
     for shape, group in by_shape.items():
         for start in range(0, len(group), 256):
             x = torch.from_numpy(np.stack(group[start:start + 256])).to(device, model.dtype)
-            bpd = model.bits_per_dim(x, n_bins=n_bins, draws=draws)
+            bpd = model.bits_per_dim(x, n_bins=n_bins, draws=draws, bins=bins)
             total_bits += float(bpd.sum()) * math.prod(shape)
             total_dims += len(bpd) * math.prod(shape)
     model.train(was_training)
