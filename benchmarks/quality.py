@@ -143,7 +143,22 @@ def plan(model_name, images, rows, flow_methods, baselines_on, oracle_on):
                 jobs += [(set_name, image_id, image, row, "baseline", b) for b in BASELINES[kind]]
             if oracle_on:
                 jobs += [(set_name, image_id, image, row, "oracle", b) for b in BASELINES[kind]]
+            if kind == "mask":
+                jobs.append((set_name, image_id, image, row, "floor", "noise_floor"))
     return jobs
+
+
+def noise_floor_psnr(image, op) -> float:
+    """The PSNR that no inpainting can exceed when the ground truth itself is noisy: the white noise
+    of an unobserved pixel (standard deviation sigma, estimated from the image's finest diagonal
+    Haar details as ``estimate_noise_sigma`` does) cannot be predicted from any other pixel, so the
+    mean squared error is at least missing_fraction * sigma^2 (infinite for a clean image)."""
+    from napari_flow_prior import operators as ops
+    from napari_flow_prior.solvers import estimate_noise_sigma
+
+    sigma = estimate_noise_sigma(image, ops.Mask(np.ones(image.shape, bool)))
+    mse = float(op.missing_fraction) * sigma ** 2
+    return 100.0 if mse <= 0 else min(100.0, float(10 * np.log10(1.0 / mse)))
 
 
 def run_job(job, model, model_key, args, cache: Cache) -> dict:
@@ -157,6 +172,8 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     params, source = None, None
     if family == "flow":
         settings = f"it={args.iterations or 'default'}|device={args.device}|{_source_hash('solvers')}"
+    elif family == "floor":
+        settings = "haar-mad"
     elif family == "baseline":
         if args.baseline_params == "operator":
             params = fine_params(method, op, noise)
@@ -178,6 +195,10 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
              "noise_sigma": noise, "operator": op.describe()}
     t0 = time.perf_counter()
     try:
+        if family == "floor":
+            entry.update(seconds=0.0, psnr=noise_floor_psnr(image, op), ssim=None, finite=True)
+            cache.put(entry)
+            return entry
         if family == "flow":
             result = nfp.reconstruct(y, op, model, method=method, noise_sigma=noise,
                                      iterations=args.iterations, device=args.device)
@@ -254,9 +275,12 @@ def tables(entries: list[dict]) -> str:
               "Best tuned = the tuned baseline with the best mean PSNR over the images of the row; "
               "margin = flow map minus that baseline (PSNR dB). Oracle = best per-image "
               "oracle-tuned baseline (tuned on each image's ground truth, for reference only).", "",
+              "Noise floor (inpainting rows): mean over the images of the PSNR no method can exceed "
+              "because the ground truth's own pixel noise is unpredictable at missing pixels "
+              "(`noise_floor_psnr`; 100 = clean image).", "",
               "| model | set | row | n | flow map | flow latent | flow mle | best tuned baseline "
-              "| margin | best oracle | map - oracle |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| margin | best oracle | map - oracle | noise floor |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     checks = []
     for k in keys:
         m = summary[k]
@@ -268,13 +292,16 @@ def tables(entries: list[dict]) -> str:
         margin = fm["psnr"] - tuned[best]["psnr"] if fm and best else math.nan
         margin_o = fm["psnr"] - orac[best_o]["psnr"] if fm and best_o else math.nan
         n = max(s["n"] for s in m.values())
+        floor = m.get(("floor", "noise_floor"))
+        floor_cell = f"{floor['psnr']:.2f}" if floor else ""
         lines.append(
             f"| {k[0]} | {k[1]} | {ROW_LABELS[k[2]]} | {n} | {_cell(fm)} | "
             f"{_cell(m.get(('flow', 'latent')))} | {_cell(m.get(('flow', 'mle')))} | "
             f"{(best + ' ' + _cell(tuned[best])) if best else ''} | "
             f"{'' if math.isnan(margin) else f'{margin:+.2f}'} | "
             f"{(best_o + ' ' + _cell(orac[best_o])) if best_o else ''} | "
-            f"{'' if math.isnan(margin_o) else f'{margin_o:+.2f}'} |")
+            f"{'' if math.isnan(margin_o) else f'{margin_o:+.2f}'} | "
+            f"{floor_cell} |")
         if not math.isnan(margin) and k[2] in TARGETS:  # ood: above the best tuned baseline
             checks.append((k, margin, TARGETS[k[2]] if k[1] == "in" else 0.0))
     if checks:
@@ -288,10 +315,10 @@ def tables(entries: list[dict]) -> str:
     lines += ["", "## All methods: mean PSNR dB, SSIM, seconds per image", "",
               "| model | set | row | method | PSNR | SSIM | s / image | n | note |",
               "|---|---|---|---|---|---|---|---|---|"]
-    order = {"flow": 0, "baseline": 1, "oracle": 2}
+    order = {"flow": 0, "baseline": 1, "oracle": 2, "floor": 3}
     for k in keys:
         for (fam, meth), s in sorted(summary[k].items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
-            name = {"flow": f"flow {meth}", "baseline": meth, "oracle": f"oracle {meth}"}[fam]
+            name = {"flow": f"flow {meth}", "baseline": meth, "oracle": f"oracle {meth}", "floor": "noise floor"}[fam]
             note = "; ".join(s["errors"])[:60] if s["errors"] else ""
             if s["nonfinite"]:
                 note = (note + f" {s['nonfinite']} non-finite").strip()
