@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=None, help="solver iterations (default: its own)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tile_seams.md"))
+    ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "tile_seams.jsonl"),
+                    help="finished rows (JSON lines); a rerun with the same settings reuses them")
     args = ap.parse_args()
 
     import torch
@@ -64,15 +66,28 @@ def main() -> None:
     from napari_flow_prior.cli import parse_operator
     from napari_flow_prior.demo import sample_image
 
+    cache_path = Path(args.cache)
+    cache = {}
+    if cache_path.is_file():
+        for line in cache_path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                cache[entry["key"]] = entry
     rows = []
     for name in args.models.split(","):
         model = nfp.load_model(name)
         truth = sample_image(name, args.size)
         for label, spec in OPERATORS.items():
+            key = (f"{name}:{model.metadata.get('sha256', '?')[:16]}|{spec}|size={args.size}|tile={args.tile}"
+                   f"|overlap={args.overlap}|it={args.iterations}")
+            if key in cache:
+                rows.append(cache[key])
+                print(json.dumps(cache[key]), flush=True)
+                continue
             op = parse_operator(spec, truth.shape, seed=0, block=32)
             y = op.measure(truth, noise_sigma=0.01, seed=0)
             bands = band_mask(truth.shape, args.tile, args.overlap, tiling.alignment(op, model))
-            row = {"model": name, "operator": label, "band_pixels": int(bands.sum()),
+            row = {"key": key, "model": name, "operator": label, "band_pixels": int(bands.sum()),
                    "interior_pixels": int((~bands).sum())}
             for how, tile in (("whole", 0), ("tiled", args.tile)):
                 t0 = time.perf_counter()
@@ -85,6 +100,8 @@ def main() -> None:
                                      - (row["whole"]["interior"] - row["tiled"]["interior"]))
             rows.append(row)
             print(json.dumps(row), flush=True)
+            with open(cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
 
     lines = ["# Tile seams: PSNR in the blending bands vs the interior", "",
              f"Command: `PYTHONPATH=src python benchmarks/tile_seams.py --models {args.models} --tile {args.tile} "
