@@ -65,7 +65,10 @@ class Result:
 
 # Defaults per (method, operator kind): iterations, weight, optimiser, learning rate. Adam with a
 # cosine-decaying step: strong-Wolfe L-BFGS stalled on these non-convex objectives in our tests.
-_MAP = dict(iterations=300, weight=1.0, optimizer="adam", lr=0.01)
+# The prior weight lambda = 0.3 won on every validation crop and headline operator of the medical
+# prior (benchmarks/tune_solver.py, results/tune_solver.md): a flow's -log p favours smooth images,
+# and the full weight over-smooths.
+_MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01)
 _LATENT = dict(iterations=300, weight=0.0, optimizer="adam", lr=0.01)
 DEFAULTS = {
     ("map", "mask"): _MAP, ("map", "blur"): _MAP, ("map", "cs"): _MAP, ("map", "matrix"): _MAP,
