@@ -153,8 +153,8 @@ def noise_floor_psnr(image, op, noise: float) -> float:
     part of it that the measurements do not carry cannot be predicted. sigma is the root mean
     square of the image's finest diagonal Haar details (for white noise their variance is sigma^2;
     the median estimator of ``estimate_noise_sigma`` is too coarse on images with few grey levels);
-    fine texture counts as noise, so this is an estimate, not a bound. The mean squared error is
-    then at least:
+    fine texture counts as noise, so this is an estimate, not a bound (on images with pixel-scale
+    edges, such as MNIST strokes, methods exceed it). The mean squared error is then at least:
 
     * mask: missing_fraction * sigma^2 (a missing pixel's noise is in no measurement);
     * compressed sensing: (1 - m/n) * sigma^2 (the noise in the null space of A);
