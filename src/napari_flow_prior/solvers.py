@@ -334,6 +334,10 @@ def reconstruct_steps(
         return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
     torch.manual_seed(seed)
     model = model.to(dev).eval()
+    # channels-last convolutions: one forward+backward of the nuclei prior at 256x256 on 2 CPU
+    # threads takes 0.135 s instead of 0.178 s (same values); the image follows below
+    layout = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
+    model = model.to(memory_format=layout)
     dtype = model.dtype
     for p in model.parameters():
         p.requires_grad_(False)
@@ -360,7 +364,7 @@ def reconstruct_steps(
         x0 = torch.as_tensor(np.asarray(init), device=dev, dtype=dtype)
         if tuple(x0.shape) != shape:
             raise ValueError(f"init image has shape {tuple(x0.shape)}, expected {shape}")
-    x0 = x0.detach().clamp(0, 1).reshape(image_shape)
+    x0 = x0.detach().clamp(0, 1).reshape(image_shape).contiguous(memory_format=layout)
     # the objective is a mean over pixels; a tile uses the whole image's count, so that its
     # per-pixel gradients (and Adam's steps, whose epsilon is not scale-free) match the whole image's
     n_pixels = float(np.prod(shape)) if _pixels is None else float(_pixels)
