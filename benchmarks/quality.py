@@ -163,10 +163,9 @@ def noise_floor_psnr(image, op, noise: float) -> float:
       (periodic approximation).
 
     Returns 100 for a clean image."""
-    a = np.asarray(image, np.float64)
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    diag = (a[0:h:2, 0:w:2] - a[0:h:2, 1:w:2] - a[1:h:2, 0:w:2] + a[1:h:2, 1:w:2]) / 2
-    sigma = float(np.sqrt(np.mean(diag ** 2)))
+    from napari_flow_prior.solvers import diagonal_details
+
+    sigma = float(np.sqrt(np.mean(diagonal_details(image) ** 2)))
     if op.kind == "mask":
         mse = float(op.missing_fraction) * sigma ** 2
     elif op.kind == "blur":

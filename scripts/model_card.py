@@ -95,6 +95,7 @@ def main(argv=None):
     codecs = json.loads((ROOT / "benchmarks" / "results" / "codec_bpd.json").read_text())["datasets"][args.name]
     best_codec = min(codecs["png_bpd"], codecs["webp_bpd"])
     size = 28 if args.name == "digits" else 64
+    unit = "image" if args.name == "digits" else "block"  # what one test file holds
     samples_figure(model, ROOT / "sample_models" / f"{args.name}_samples.png", size)
     tr = model.metadata["training"]
     arch = model.architecture
@@ -121,12 +122,12 @@ LU 1x1 convolutions; {n_params:,} parameters ({path.stat().st_size / 1e6:.1f} MB
 patch {tr['config']['patch']}, batch {tr['config']['batch']}, Adam lr {tr['config']['lr']} with warm-up and cosine decay,
 seed {tr['seed']}; best validation step {tr.get('best_step')}. Log: `{args.name}.log.csv` next to this card.
 
-## Test bits/dim (8-bit test {'images' if args.name == 'digits' else 'blocks'}, uniform dequantization, mean of 4 draws)
+## Test bits/dim (8-bit test {unit}s, uniform dequantization, mean of 4 draws)
 
 Two code lengths of the same 8-bit pixels the codecs compress (`FlowModel.bits_per_dim`):
 *unit bins*, the papers' definition (every pixel dequantized over one grey level of 1/256), and
-*own levels* (`bins="best"`): per {'image' if args.name == 'digits' else 'block'} the shorter of the unit-bin code and a code on the grey levels
-that {'image' if args.name == 'digits' else 'block'} actually uses (each level's bin reaches up to the next used level; the 256-bit set of
+*own levels* (`bins="best"`): per {unit} the shorter of the unit-bin code and a code on the grey levels
+that {unit} actually uses (each level's bin reaches up to the next used level; the 256-bit set of
 used levels and a 1-bit choice are charged as side information). A block stretched from a dim
 8-bit source uses only every ~8th level; a codec never pays for the empty levels, and unit bins
 charge a smooth density log2(8) = 3 bits/dim for them.
@@ -139,7 +140,7 @@ charge a smooth density log2(8) = 3 bits/dim for them.
 | lossless WebP (method 6, quality 100) | {codecs['webp_bpd']:.3f} |
 | target: {'1.25 (unit bins, as published figures)' if args.name == 'digits' else '0.9 x best codec'} | {1.25 if args.name == 'digits' else 0.9 * best_codec:.3f} |
 
-Test set: {len(planes)} {'images' if args.name == 'digits' else 'blocks'}, {sum(p.size for p in planes):,} pixels.
+Test set: {len(planes)} {unit}s, {sum(p.size for p in planes):,} pixels.
 
 ## Samples
 Temperatures 0.5, 0.7 and 1.0 (rows), {size}x{size}:

@@ -92,6 +92,15 @@ def normalize(image, observed=None, model: FlowModel | None = None) -> tuple[np.
     return scaled, scaling
 
 
+def diagonal_details(y: np.ndarray) -> np.ndarray:
+    """The finest diagonal Haar details (x00 - x01 - x10 + x11) / 2 of every 2x2 block of the last
+    two axes (an odd last row/column is left out); for white noise of standard deviation sigma
+    they have standard deviation sigma."""
+    y = np.asarray(y, np.float64)
+    h, w = (y.shape[-2] // 2) * 2, (y.shape[-1] // 2) * 2
+    return (y[..., 0:h:2, 0:w:2] - y[..., 0:h:2, 1:w:2] - y[..., 1:h:2, 0:w:2] + y[..., 1:h:2, 1:w:2]) / 2
+
+
 def estimate_noise_sigma(y: np.ndarray, op) -> float:
     """Noise standard deviation of measured data from its finest diagonal Haar details (the
     estimator of scikit-image's estimate_sigma), using only fully observed 2x2 blocks for a mask."""
@@ -103,10 +112,8 @@ def estimate_noise_sigma(y: np.ndarray, op) -> float:
     if op.kind == "mask":
         observed = np.broadcast_to(op.observed_full.reshape((-1, *op.shape[-2:])), y.shape)
     h, w = (y.shape[1] // 2) * 2, (y.shape[2] // 2) * 2
-    blocks = y[:, :h, :w].reshape(y.shape[0], h // 2, 2, w // 2, 2)
     full = observed[:, :h, :w].reshape(y.shape[0], h // 2, 2, w // 2, 2).all(axis=(2, 4))
-    diag = (blocks[:, :, 0, :, 0] - blocks[:, :, 0, :, 1] - blocks[:, :, 1, :, 0] + blocks[:, :, 1, :, 1]) / 2
-    values = diag[full]
+    values = diagonal_details(y)[full]
     if values.size < 16:
         raise ValueError("too few observed 2x2 blocks to estimate the noise; give noise_sigma as a number")
     return float(np.median(np.abs(values)) / 0.6745)

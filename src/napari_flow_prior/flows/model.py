@@ -436,7 +436,7 @@ class FlowModel(nn.Module):
         for _ in range(draws):
             u = torch.rand(k.shape, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
             logp = self.log_prob((k + width * u) / n_bins).to(torch.float64)
-            total += -(logp + log_width.to(x.device) - dims * math.log(n_bins) - side) / (dims * math.log(2))
+            total += -(logp + log_width - dims * math.log(n_bins) - side) / (dims * math.log(2))
         return total / draws
 
     def extra_repr(self) -> str:
