@@ -397,7 +397,7 @@ def main(argv=None) -> int:
     overrides = dict(item.split("=", 1) for item in args.model_file)
     cache = Cache(args.cache)
     import skimage.restoration  # noqa: F401  (imported here so the first baseline's seconds exclude it)
-    done_entries = []
+    done_entries, own_settings = [], {}
     t_start = time.time()
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         try:
@@ -405,6 +405,7 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError, KeyError) as err:
             raise SystemExit(f"model {name!r}: {err} (use --model-file {name}=PATH)") from None
         model_key = f"{name}:{model.metadata.get('sha256', '?')[:16]}"
+        own_settings[name] = model.metadata.get("solver") or {}
         with torch.no_grad():  # warm-up, so that the first timed reconstruction is not penalised
             model.log_prob(torch.rand(1, model.channels, 32, 32))
         args.current_model = name
@@ -421,13 +422,16 @@ def main(argv=None) -> int:
             print(f"  [{i}/{len(jobs)}] {job[0]:<3} {job[1][:44]:<44} {job[3]:<17} "
                   f"{job[4]}:{job[5]:<16} {psnr:>6} dB {entry['seconds']:7.2f} s", flush=True)
     text = tables(done_entries)
+    own = "; ".join(f"{name}: {json.dumps(v, sort_keys=True)}" for name, v in own_settings.items() if v)
     header = ["# Quality benchmark", "",
               "Command: `PYTHONPATH=src python benchmarks/quality.py "
               + " ".join(argv if argv is not None else sys.argv[1:]) + "`", "",
               f"Flow iterations: {args.iterations or 'reconstruct defaults'}; device "
               f"{args.device}; torch threads {args.threads}; baseline parameters: "
               f"{args.baseline_params}; torch {torch.__version__}, napari-flow-prior "
-              f"{nfp.__version__}. Wall time of this invocation {time.time() - t_start:.0f} s "
+              f"{nfp.__version__}. "
+              + (f"The model files' own solver settings (chosen on validation images by tune_solver.py): {own}. " if own else "")
+              + f"Wall time of this invocation {time.time() - t_start:.0f} s "
               "(cached results cost nothing).", ""]
     print("\n" + text)
     if args.out:

@@ -1,15 +1,20 @@
 #!/usr/bin/env python
-"""The MAP solver's prior weight, chosen on VALIDATION crops (never test pixels).
+"""The MAP solver's settings per prior and operator, chosen on VALIDATION images (never test pixels).
 
-For each shipped prior (``--models``), ``--crops`` random crops of ``--size`` from
-``<data>/<model>/val`` (seed fixed), and each headline operator (inpainting 80% missing,
-deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct`` runs with its
-defaults except the prior weight lambda, which takes every value of ``--weights``. Prints one
-JSON line per (crop, operator) and a table of mean PSNR per weight; ``reconstruct``'s default
-(``solvers.DEFAULTS``) is the weight with the best mean over all rows.
+For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
+deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
+runs with its defaults except the optimisation space and the prior weight lambda, which take every
+``SPACE:WEIGHT`` of ``--configs``. Images: ``--crops`` random crops of ``--size`` from
+``<data>/<model>/val`` (seed fixed), or for ``digits`` ``--digits`` images of the MNIST
+validation split. One JSON line per (image, operator, config) is cached in ``--cache`` (a rerun
+computes only what is missing) and a table of mean PSNR is written to ``--out``.
 
-    PYTHONPATH=src python benchmarks/tune_solver.py [--models medical,nuclei] [--weights 1,0.3,0.1,0.03]
-        [--crops 2] [--size 96] [--threads 1] [--out benchmarks/results/tune_solver.md]
+Rule (declared before the runs): per (prior, operator) the config with the best mean validation
+PSNR among those run on all of its images (a config clearly losing on the first images may be
+left out of the rest to save time: ``--table-only`` tabulates what is cached). ``--write`` stores those choices in the shipped model files' ``solver`` metadata, which
+``reconstruct`` uses as that model's defaults (``solvers.solver_defaults``).
+
+    PYTHONPATH=src python benchmarks/tune_solver.py --models digits --configs image:0.3,latent:1,latent:10 [--write]
 """
 
 from __future__ import annotations
@@ -29,61 +34,110 @@ if str(HERE.parent / "src") not in sys.path:
 
 from tune_baselines import HEADLINE_ROWS, ROW_LABELS, ROWS, make_operator, random_crops  # noqa: E402
 
+KIND = {"inpaint_random80": "mask", "blur2_n0.01": "blur", "cs0.2": "cs"}
+
+
+def validation_images(data: Path, name: str, args) -> list[tuple[np.ndarray, str]]:
+    if name == "digits":
+        with np.load(data / "digits" / "val.npz") as f:
+            images = f["images"]
+        idx = np.sort(np.random.default_rng(3).choice(len(images), args.digits, replace=False))
+        return [(images[i].astype(np.float32) / 255.0, f"digits/val[{i}]") for i in idx]
+    files = sorted((data / name / "val").glob("*.png"))
+    if not files:
+        raise SystemExit(f"no validation images in {data / name / 'val'}: run scripts/prepare_data.py")
+    return random_crops(files, args.crops, args.size, np.random.default_rng(5))
+
+
+def parse_config(text: str) -> tuple[str, float]:
+    space, _, weight = text.partition(":")
+    return space, float(weight)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
-    ap.add_argument("--models", default="medical,nuclei")
-    ap.add_argument("--weights", default="1,0.3,0.1,0.03")
+    ap.add_argument("--models", default="medical,nuclei,digits")
+    ap.add_argument("--configs", default="image:1,image:0.3,image:0.1,latent:1,latent:3,latent:10")
     ap.add_argument("--crops", type=int, default=2)
     ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--digits", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=HERE / "results" / "tune_solver.jsonl")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "tune_solver.md")
+    ap.add_argument("--table-only", action="store_true",
+                    help="compute nothing: tabulate (and --write) from the cached rows; missing configs show as -")
+    ap.add_argument("--write", action="store_true", help="store the chosen settings in the shipped model files")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     import napari_flow_prior as nfp
+    from napari_flow_prior.flows.files import save_model
 
-    weights = [float(w) for w in args.weights.split(",")]
-    rows, t0 = [], time.time()
+    configs = args.configs.split(",")
+    cache = {}
+    if args.cache.exists():
+        for line in args.cache.read_text().splitlines():
+            r = json.loads(line)
+            cache[(r["model"], r["image"], r["row"], r["config"])] = r["psnr"]
+    t0 = time.time()
+    psnr: dict[tuple[str, str, str], list[float]] = {}
     for name in args.models.split(","):
         model = nfp.load_model(name)
-        files = sorted((args.data / name / "val").glob("*.png"))
-        if not files:
-            raise SystemExit(f"no validation images in {args.data / name / 'val'}: run scripts/prepare_data.py")
-        for image, desc in random_crops(files, args.crops, args.size, np.random.default_rng(5)):
+        for image, desc in validation_images(args.data, name, args):
             for row in HEADLINE_ROWS:
                 noise = ROWS[row][2]
                 op = make_operator(row, image.shape, seed=1)
                 y = op.measure(image, noise_sigma=noise, seed=2)
-                psnr = {w: float(nfp.psnr(image, nfp.reconstruct(y, op, model, noise_sigma=noise, weight=w).image))
-                        for w in weights}
-                rows.append({"model": name, "crop": desc, "row": row, "psnr": psnr})
-                print(json.dumps({"model": name, "crop": desc, "row": row,
-                                  **{str(w): round(p, 2) for w, p in psnr.items()}}), flush=True)
+                for config in configs:
+                    key = (name, desc, row, config)
+                    if key not in cache and args.table_only:
+                        continue
+                    if key not in cache:
+                        space, weight = parse_config(config)
+                        result = nfp.reconstruct(y, op, model, noise_sigma=noise, space=space, weight=weight)
+                        cache[key] = round(float(nfp.psnr(image, result.image)), 3)
+                        with args.cache.open("a") as f:
+                            f.write(json.dumps({"model": name, "image": desc, "row": row, "config": config,
+                                                "psnr": cache[key], "seconds": round(result.seconds, 1)}) + "\n")
+                        print(json.dumps({"model": name, "image": desc, "row": row, "config": config,
+                                          "psnr": cache[key]}), flush=True)
+                    psnr.setdefault((name, row, config), []).append(cache[key])
 
-    def mean(sel, w):
-        return float(np.mean([r["psnr"][w] for r in sel]))
-
-    best = max(weights, key=lambda w: mean(rows, w))
-    lines = ["# MAP prior weight on validation crops", "",
-             f"Command: `PYTHONPATH=src python benchmarks/tune_solver.py --models {args.models} --weights "
-             f"{args.weights} --crops {args.crops} --size {args.size}`; {len(rows)} (crop, operator) pairs, "
-             f"noise 0.01, solver defaults otherwise; {time.time() - t0:.0f} s, {args.threads} torch thread(s).", "",
-             "Mean PSNR dB per prior weight lambda:", "",
-             "| prior | operator | n | " + " | ".join(f"lambda {w:g}" for w in weights) + " |",
-             "|---|---|---|" + "---|" * len(weights)]
+    lines = ["# MAP solver settings on validation images", "",
+             f"Command: `PYTHONPATH=src python benchmarks/tune_solver.py --models {args.models} --configs "
+             f"{args.configs} --crops {args.crops} --size {args.size} --digits {args.digits}`; noise 0.01, "
+             f"{args.threads} torch thread(s); {time.time() - t0:.0f} s for what was not cached.", "",
+             "Mean PSNR dB per optimisation space : prior weight lambda (best in bold):", "",
+             "| prior | operator | n | " + " | ".join(configs) + " | chosen |",
+             "|---|---|---|" + "---|" * len(configs) + "---|"]
+    chosen: dict[str, dict] = {}
     for name in args.models.split(","):
         for row in HEADLINE_ROWS:
-            sel = [r for r in rows if r["model"] == name and r["row"] == row]
-            lines.append(f"| {name} | {ROW_LABELS[row]} | {len(sel)} | "
-                         + " | ".join(f"{mean(sel, w):.2f}" for w in weights) + " |")
-    lines.append("| all | all | " + str(len(rows)) + " | " + " | ".join(f"{mean(rows, w):.2f}" for w in weights) + " |")
-    lines += ["", f"Best mean over all rows: lambda = {best:g}."]
+            # a config is compared only where it ran on every image of the row
+            n = max(len(psnr.get((name, row, c), [])) for c in configs)
+            means = {c: float(np.mean(psnr[(name, row, c)])) for c in configs if len(psnr.get((name, row, c), [])) == n}
+            best = max(means, key=means.get)
+            space, weight = parse_config(best)
+            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight}
+            cells = [("-" if c not in means else f"**{means[c]:.2f}**" if c == best else f"{means[c]:.2f}")
+                     for c in configs]
+            lines.append(f"| {name} | {ROW_LABELS[row]} | {n} | "
+                         + " | ".join(cells) + f" | {best} |")
+    lines += ["", "Chosen settings (stored in each model file's `solver` metadata with `--write`):", "",
+              "```json", json.dumps(chosen, indent=1, sort_keys=True), "```"]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.write:
+        for name, kinds in chosen.items():
+            model = nfp.load_model(name)
+            solver = {"map": {**(model.metadata.get("solver") or {}).get("map", {}), **kinds}}
+            if "mask" in kinds:
+                solver["map"].setdefault("matrix", kinds.get("cs", kinds["mask"]))
+            save_model(model, model.metadata["path"], solver=solver)
+            print(f"wrote solver settings to {model.metadata['path']}: {json.dumps(solver)}")
 
 
 if __name__ == "__main__":

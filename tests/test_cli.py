@@ -43,6 +43,14 @@ def test_reconstruct_simulate_writes_outputs(tmp_path, tiny_model, image_file, o
     assert (out / ("back_projection.tif" if operator.startswith("cs") else "measurements.tif")).exists()
 
 
+def test_reconstruct_space_option(tmp_path, tiny_model, image_file):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "mask:0.5",
+                 "--simulate", "--iterations", "3", "--space", "latent", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["space"] == "latent"
+
+
 def test_reconstruct_measured_with_mask_file(tmp_path, tiny_model, image_file):
     missing = np.zeros((24, 24), np.uint8)
     missing[5:9, :] = 1  # dead rows

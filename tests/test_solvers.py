@@ -241,3 +241,54 @@ def test_log_density_matches_log_prob(model, image):
     assert density.sum() == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="NaN"):
         nfp.log_density(np.full((4, 4), np.nan), model)
+
+
+def map_objective(model, op, y, x, sigma, weight):
+    """||A x - y||^2 / (2 sigma^2) - weight * log p(x), per pixel: what method 'map' minimises."""
+    xt = torch.as_tensor(np.asarray(x, np.float32))
+    with torch.no_grad():
+        data = (op.forward(xt) - torch.as_tensor(y)).pow(2).sum() / (2 * sigma**2)
+        return float((data - weight * model.log_prob(xt.reshape(1, 1, *x.shape)).sum()) / x.size)
+
+
+@pytest.mark.parametrize("kind", OPERATORS)
+def test_map_in_latent_space_minimises_the_same_objective(model, image, kind):
+    op = OPERATORS[kind](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    from napari_flow_prior.baselines import warm_start
+
+    start = warm_start(y, op, 0.01)
+    result = nfp.reconstruct(y, op, model, space="latent", weight=0.3, noise_sigma=0.01, iterations=25)
+    assert result.params["space"] == "latent" and np.isfinite(result.image).all()
+    assert map_objective(model, op, y, result.image, 0.01, 0.3) < map_objective(model, op, y, start, 0.01, 0.3)
+
+
+def test_model_files_carry_their_own_solver_settings(model, image, tmp_path):
+    from napari_flow_prior.flows.files import save_model
+    from napari_flow_prior.solvers import solver_defaults
+
+    own = {"map": {"mask": {"space": "latent", "weight": 0.7}}}
+    path = save_model(model, tmp_path / "own.safetensors", solver=own)
+    loaded = nfp.load_model(path)
+    assert loaded.metadata["solver"] == own
+    assert solver_defaults("map", "mask", loaded) == {**solver_defaults("map", "mask"), "space": "latent", "weight": 0.7}
+    assert solver_defaults("map", "blur", loaded) == solver_defaults("map", "blur")  # other operators keep theirs
+    op = OPERATORS["mask"](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    result = nfp.reconstruct(y, op, loaded, iterations=3)
+    assert result.params["space"] == "latent" and result.params["weight"] == 0.7
+    result = nfp.reconstruct(y, op, loaded, iterations=3, weight=0.2, space="image")  # the caller's word wins
+    assert result.params["space"] == "image" and result.params["weight"] == 0.2
+    for bad in ({"map": {"mask": {"weight": "strong"}}}, {"map": {"disk": {}}}, {"fast": {}}, [1]):
+        with pytest.raises(ValueError, match="solver settings"):
+            save_model(model, tmp_path / "bad.safetensors", solver=bad)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_space_argument_is_checked(model, image):
+    op = OPERATORS["mask"](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    with pytest.raises(ValueError, match="space must be one of"):
+        nfp.reconstruct(y, op, model, space="fourier", iterations=2)
+    with pytest.raises(ValueError, match="'map' only"):
+        nfp.reconstruct(y, op, model, method="latent", space="latent", iterations=2)

@@ -66,7 +66,7 @@ def _write_tif(path: Path, array) -> None:
 
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
                      out="reconstruction", simulate=False, mask=None, psf=None, iterations=None,
-                     weight=None, device="auto", seed=0, baseline=False, block=32) -> dict:
+                     weight=None, device="auto", seed=0, baseline=False, block=32, space=None) -> dict:
     """The ``reconstruct`` command as a function: returns the report it writes as JSON."""
     import napari_flow_prior as nfp
 
@@ -107,7 +107,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
         sigma = noise if noise == "auto" else float(noise)
     t0 = time.time()
     result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma,
-                                                 iterations=iterations, weight=weight, device=device, seed=seed),
+                                                 iterations=iterations, weight=weight, space=space,
+                                                 device=device, seed=seed),
                            f"{method} {op.kind}")
     report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
                   device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
@@ -132,7 +133,7 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
 def _cmd_reconstruct(args) -> int:
     report = reconstruct_file(args.image, model=args.model, operator=args.operator, noise=args.noise,
                               method=args.method, out=args.out, simulate=args.simulate, mask=args.mask,
-                              psf=args.psf, iterations=args.iterations, weight=args.weight,
+                              psf=args.psf, iterations=args.iterations, weight=args.weight, space=args.space,
                               device=args.device, seed=args.seed, baseline=args.baseline, block=args.block)
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
@@ -209,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", help="image file of the missing pixels (nonzero = missing), for measured data")
     r.add_argument("--psf", help="image file of the point-spread function, for measured blurred data")
     r.add_argument("--iterations", type=int)
-    r.add_argument("--weight", type=float, help="prior weight (default per method and operator)")
+    r.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
+    r.add_argument("--space", choices=["image", "latent"],
+                   help="where map optimises: the image or its latent code (default per model and operator)")
     r.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
     r.add_argument("--device", default="auto")
     r.add_argument("--seed", type=int, default=0)

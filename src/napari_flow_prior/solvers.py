@@ -3,7 +3,8 @@
 Methods (``reconstruct(..., method=...)``):
 
 - ``"map"``  minimise ||A x - y||^2 / (2 sigma^2) - weight * log p(x) (full log p, log-dets
-  included), over the image x, from the operator's pseudo-inverse;
+  included), over the image x (``space="image"``) or over its latent code z with x = G(z)
+  (``space="latent"``), from a classical warm start;
 - ``"latent"``  minimise ||A G(z) - y||^2 + weight * ||z||^2 over the latent z (Asim et al.),
   from z = 0 or from the encoded pseudo-inverse (``init="pinv"``);
 - ``"mle"``  maximise p(x) subject to A x = y: only the unobserved pixels move for a mask; x stays
@@ -68,13 +69,21 @@ class Result:
 # The prior weight lambda = 0.3 won on every validation crop and headline operator of the medical
 # prior (benchmarks/tune_solver.py, results/tune_solver.md): a flow's -log p favours smooth images,
 # and the full weight over-smooths.
-_MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01)
+# The same objective optimised over z (x = G(z)) follows another path and, stopped after the same
+# iterations, lands elsewhere: on the medical prior's validation crops image space was better on
+# every operator, on the digits prior latent space (where image-space MAP collapses towards the
+# black background). A model file may therefore carry its own settings per method and operator,
+# chosen on its validation images (``solver`` metadata; benchmarks/tune_solver.py), which replace
+# these for that model.
+_MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01, space="image")
+_MLE = dict(iterations=300, optimizer="adam", lr=0.01)
 _LATENT = dict(iterations=300, weight=0.0, optimizer="adam", lr=0.01)
+SPACES = ("image", "latent")
 DEFAULTS = {
     ("map", "mask"): _MAP, ("map", "blur"): _MAP, ("map", "cs"): _MAP, ("map", "matrix"): _MAP,
     ("latent", "mask"): _LATENT, ("latent", "blur"): _LATENT, ("latent", "cs"): _LATENT,
     ("latent", "matrix"): _LATENT,
-    ("mle", "mask"): _MAP, ("mle", "cs"): _MAP, ("mle", "matrix"): _MAP,
+    ("mle", "mask"): _MLE, ("mle", "cs"): _MLE, ("mle", "matrix"): _MLE,
 }
 
 
@@ -119,13 +128,20 @@ def estimate_noise_sigma(y: np.ndarray, op) -> float:
     return float(np.median(np.abs(values)) / 0.6745)
 
 
-def _defaults(method: str, kind: str) -> dict:
+def solver_defaults(method: str, kind: str, model: FlowModel | None = None) -> dict:
+    """The settings ``reconstruct`` uses when the caller gives none: ``DEFAULTS`` for (method,
+    operator kind), updated by the model's own ``solver`` metadata for that pair if it has any."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if method == "mle" and kind == "blur":
         raise ValueError("method 'mle' needs measurements that fix part of the image exactly (mask, "
                          "compressed sensing); for deblurring use method='map'")
-    return dict(DEFAULTS[(method, kind if kind in ("mask", "blur", "cs") else "matrix")])
+    kind = kind if kind in ("mask", "blur", "cs") else "matrix"
+    settings = dict(DEFAULTS[(method, kind)])
+    if model is not None:
+        own = (model.metadata.get("solver") or {}).get(method, {}).get(kind, {})
+        settings.update({k: v for k, v in own.items() if k in settings})
+    return settings
 
 
 def _check_inputs(y, op, model: FlowModel):
@@ -271,6 +287,7 @@ def reconstruct_steps(
     weight: float | None = None,
     optimizer: str | None = None,
     lr: float | None = None,
+    space: str | None = None,
     init: str | np.ndarray = "baseline",
     tol: float = 1e-5,
     device: str = "auto",
@@ -296,7 +313,9 @@ def reconstruct_steps(
     ``cuda_graph`` (True, False or "auto": on for Adam on a CUDA device) replays each objective
     and gradient evaluation as one CUDA graph; if capture fails the solve runs without it.
 
-    ``weight`` is the prior weight (lambda for map, gamma for latent); ``init`` is "baseline" (the
+    ``weight`` is the prior weight (lambda for map, gamma for latent); ``space`` ("image" or
+    "latent", map only) is where map optimises; settings left as None come from
+    ``solver_defaults`` (the model's own, else ``DEFAULTS``); ``init`` is "baseline" (the
     operator's matching classical reconstruction, ``baselines.warm_start``: a warm start that
     saves iterations; pull-push instead of biharmonic for masks on planes over 512x512), "pinv" (the pseudo-inverse, observed mean in the holes of a mask),
     "zero" (z = 0, latent only) or an image. Yields ``Progress``,
@@ -304,10 +323,15 @@ def reconstruct_steps(
     """
     t0 = time.time()
     y, op = _check_inputs(y, op, model)
-    settings = _defaults(method, op.kind)
-    for key, value in (("iterations", iterations), ("weight", weight), ("optimizer", optimizer), ("lr", lr)):
+    settings = solver_defaults(method, op.kind, model)
+    if space is not None and method != "map":
+        raise ValueError(f"space= applies to method 'map' only, not {method!r}")
+    for key, value in (("iterations", iterations), ("weight", weight), ("optimizer", optimizer), ("lr", lr),
+                       ("space", space)):
         if value is not None:
             settings[key] = value
+    if method == "map" and settings["space"] not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {settings['space']!r}")
     if isinstance(noise_sigma, str):
         if noise_sigma != "auto":
             raise ValueError(f"noise_sigma must be a number or 'auto', got {noise_sigma!r}")
@@ -328,14 +352,18 @@ def reconstruct_steps(
     if auto_tile:
         tiled = model.architecture.get("kind") != "linear" and op.kind != "matrix"
         need = tiling.estimate_solve_bytes(model, op.shape, memory_saving)
-        tile = tiling.choose_tile(model, op, budget, memory_saving) if tiled and need > budget else 0
+        share = 1
+        if method == "map" and settings["space"] == "latent":  # the decoder's graph is kept as well
+            need += tiling.estimate_solve_bytes(model, op.shape, False)
+            share = 2
+        tile = tiling.choose_tile(model, op, budget // share, memory_saving) if tiled and need > budget else 0
     if cuda_graph not in (True, False, "auto"):
         raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if cuda_graph is True and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device; this solve runs on {dev}")
     use_graph = dev.type == "cuda" and settings["optimizer"] == "adam" and cuda_graph is not False
     tile_kwargs = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
-                       optimizer=optimizer, lr=lr, init=init, tol=tol, device=device, seed=seed, cancel=cancel,
+                       optimizer=optimizer, lr=lr, space=space, init=init, tol=tol, device=device, seed=seed, cancel=cancel,
                        memory_saving=memory_saving, cuda_graph=cuda_graph)
     if tile:
         return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
@@ -376,21 +404,34 @@ def reconstruct_steps(
     # per-pixel gradients (and Adam's steps, whose epsilon is not scale-free) match the whole image's
     n_pixels = float(np.prod(shape)) if _pixels is None else float(_pixels)
     sigma2 = max(noise_sigma, NOISE_FLOOR) ** 2
-    lam = float(settings["weight"])
+    lam = float(settings.get("weight", 0.0))
 
     def residual(x):
         return op.forward(x.reshape(shape)) - y_t
 
     if method == "map":
-        x = x0.clone().requires_grad_(True)
-        params = [x]
+        if settings["space"] == "latent":  # x = G(z); log p(G(z)) by re-encoding: exact, log-dets included
+            with torch.no_grad():
+                code = model.encode(x0.clamp(1e-3, 1 - 1e-3)).map(lambda p: p.detach().clone().requires_grad_(True))
+            params = code.parts
+
+            def image():
+                return model.decode(code)
+        else:
+            x = x0.clone().requires_grad_(True)
+            params = [x]
+
+            def image():
+                return x
 
         def objective():
+            x = image()
             data = residual(x).pow(2).sum() / (2 * sigma2)
             return (data - lam * model.log_prob(x).sum()) / n_pixels
 
         def current():
-            return x.detach()
+            with torch.no_grad():
+                return image().detach()
     elif method == "latent":
         if init == "zero":
             latent = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*shape[-2:])], shape[-2:])

@@ -2,7 +2,9 @@
 
 A file holds tensors only (loading can never execute code) and these metadata keys, each a JSON
 string: ``format_version``, ``architecture`` (the arguments of ``build_model``),
-``normalization`` ({"low_pct", "high_pct", "clip"}), ``domain``, ``training`` and ``metrics``.
+``normalization`` ({"low_pct", "high_pct", "clip"}), ``domain``, ``training``, ``metrics`` and,
+optionally, ``solver``: the reconstruction settings chosen for this prior on its validation
+images, ``{method: {operator kind: {setting: value}}}`` (see ``solvers.DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from safetensors.torch import load_file, save_file
 from .model import KINDS, FlowModel, build_model
 
 FORMAT_VERSION = 1
-METADATA_KEYS = ("architecture", "normalization", "domain", "training", "metrics")
+METADATA_KEYS = ("architecture", "normalization", "domain", "training", "metrics", "solver")
+OPTIONAL_KEYS = {"solver": {}}  # absent in files written before the key existed
+SOLVER_SETTINGS = {"iterations": int, "weight": (int, float), "optimizer": str, "lr": (int, float), "space": str}
+SOLVER_KINDS = ("mask", "blur", "cs", "matrix")
 DEFAULT_NORMALIZATION = {"low_pct": 1.0, "high_pct": 99.8, "clip": True}
 SUFFIX = ".safetensors"
 
@@ -78,15 +83,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_model(model: FlowModel, path: str | os.PathLike, **metadata) -> Path:
     """Write the model's weights and metadata (its own ``metadata`` updated by the keywords).
 
-    Keywords must be among ``normalization``, ``domain``, ``training``, ``metrics``. The file is
+    Keywords must be among ``normalization``, ``domain``, ``training``, ``metrics``, ``solver``. The file is
     written to a temporary name and renamed, so an interrupted save never leaves a broken file.
     """
     unknown = set(metadata) - set(METADATA_KEYS)
     if unknown:
         raise ValueError(f"unknown metadata keys {sorted(unknown)}; allowed: {METADATA_KEYS[1:]}")
-    meta = {"normalization": DEFAULT_NORMALIZATION, "domain": "", "training": {}, "metrics": {}}
+    meta = {"normalization": DEFAULT_NORMALIZATION, "domain": "", "training": {}, "metrics": {}, "solver": {}}
     meta.update(model.metadata)
     meta.update(metadata)
+    check_solver_settings(meta["solver"], path)
     meta["architecture"] = model.architecture
     header = {"format_version": json.dumps(FORMAT_VERSION)}
     header.update({key: json.dumps(meta[key]) for key in METADATA_KEYS})
@@ -117,7 +123,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if not header or "format_version" not in header:
         raise ValueError(f"{path} is a safetensors file but not a napari-flow-prior model (no format_version)")
     try:
-        meta = {key: json.loads(header[key]) for key in ("format_version", *METADATA_KEYS)}
+        meta = {key: json.loads(header[key]) for key in ("format_version", *METADATA_KEYS) if key not in OPTIONAL_KEYS}
+        meta.update({key: json.loads(header[key]) if key in header else default
+                     for key, default in OPTIONAL_KEYS.items()})
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: model metadata is missing or damaged ({err})") from None
     if meta["format_version"] != FORMAT_VERSION:
@@ -126,7 +134,29 @@ def read_metadata(path: str | os.PathLike) -> dict:
     arch = meta["architecture"]
     if not isinstance(arch, dict) or arch.get("kind") not in KINDS:
         raise ValueError(f"{path}: architecture {arch!r} is not one this version can build")
+    check_solver_settings(meta["solver"], path)
     return meta
+
+
+def check_solver_settings(solver, path) -> None:
+    """ValueError unless ``solver`` is {method: {operator kind: {setting: value}}} with known names."""
+    from ..solvers import METHODS
+
+    def fail(what):
+        raise ValueError(f"{path}: solver settings in the model metadata: {what}")
+
+    if not isinstance(solver, dict):
+        fail(f"expected a mapping, got {type(solver).__name__}")
+    for method, kinds in solver.items():
+        if method not in METHODS or not isinstance(kinds, dict):
+            fail(f"unknown method {method!r} (expected one of {METHODS})")
+        for kind, settings in kinds.items():
+            if kind not in SOLVER_KINDS or not isinstance(settings, dict):
+                fail(f"unknown operator kind {kind!r} for {method!r} (expected one of {SOLVER_KINDS})")
+            for key, value in settings.items():
+                if key not in SOLVER_SETTINGS or not isinstance(value, SOLVER_SETTINGS[key]) or isinstance(value, bool):
+                    fail(f"{method}/{kind}: setting {key}={value!r} is not one of {sorted(SOLVER_SETTINGS)} "
+                         "with a value of the right type")
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowModel:
