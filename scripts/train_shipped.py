@@ -67,6 +67,7 @@ def main(argv=None):
     ap.add_argument("--init", default=None, help="fine-tune this model file instead of starting fresh")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=None, help="override the configuration's batch size")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--name", default=None, help="output name (default MODEL-CONFIG)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/NAME.ckpt")
@@ -77,6 +78,8 @@ def main(argv=None):
     arch = dict(CONFIGS[args.model][args.config])
     if args.batch:
         arch["batch"] = args.batch
+    if args.lr:
+        arch["lr"] = args.lr
     cfg = TrainConfig(**arch, steps=args.steps, minutes=args.minutes,
                       normalize=False, device=args.device, seed=args.seed, val_every=500,
                       checkpoint_every=2000)

@@ -128,6 +128,28 @@ def estimate_noise_sigma(y: np.ndarray, op) -> float:
     return float(np.median(np.abs(values)) / 0.6745)
 
 
+def check_solver_settings(solver) -> None:
+    """ValueError unless ``solver`` is {method: {operator kind: {setting: value}}} with only the
+    (method, kind) pairs and setting names of ``DEFAULTS``, each value of its default's type."""
+    if not isinstance(solver, dict):
+        raise ValueError(f"expected a mapping, got {type(solver).__name__}")
+    methods = sorted({m for m, _ in DEFAULTS})
+    for method, kinds in solver.items():
+        if method not in methods or not isinstance(kinds, dict):
+            raise ValueError(f"unknown method {method!r} or not a mapping of operator kinds "
+                             f"(expected one of {methods})")
+        for kind, settings in kinds.items():
+            if (method, kind) not in DEFAULTS or not isinstance(settings, dict):
+                pairs = ", ".join(f"{m}/{k}" for m, k in DEFAULTS)
+                raise ValueError(f"unknown method/operator {method}/{kind} (expected one of {pairs})")
+            for key, value in settings.items():
+                default = DEFAULTS[(method, kind)].get(key)
+                kind_ok = isinstance(value, (int, float)) if isinstance(default, float) else isinstance(value, type(default))
+                if default is None or not kind_ok or isinstance(value, bool) or (key == "space" and value not in SPACES):
+                    raise ValueError(f"{method}/{kind}: setting {key}={value!r} is not one of "
+                                     f"{sorted(DEFAULTS[(method, kind)])} with a value like {default!r}")
+
+
 def solver_defaults(method: str, kind: str, model: FlowModel | None = None) -> dict:
     """The settings ``reconstruct`` uses when the caller gives none: ``DEFAULTS`` for (method,
     operator kind), updated by the model's own ``solver`` metadata for that pair if it has any."""

@@ -24,8 +24,6 @@ from .model import KINDS, FlowModel, build_model
 FORMAT_VERSION = 1
 METADATA_KEYS = ("architecture", "normalization", "domain", "training", "metrics", "solver")
 OPTIONAL_KEYS = {"solver": {}}  # absent in files written before the key existed
-SOLVER_SETTINGS = {"iterations": int, "weight": (int, float), "optimizer": str, "lr": (int, float), "space": str}
-SOLVER_KINDS = ("mask", "blur", "cs", "matrix")
 DEFAULT_NORMALIZATION = {"low_pct": 1.0, "high_pct": 99.8, "clip": True}
 SUFFIX = ".safetensors"
 
@@ -139,24 +137,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def check_solver_settings(solver, path) -> None:
-    """ValueError unless ``solver`` is {method: {operator kind: {setting: value}}} with known names."""
-    from ..solvers import METHODS
+    """ValueError, naming the file, unless ``solver`` holds only settings ``solvers.DEFAULTS`` knows."""
+    from ..solvers import check_solver_settings as check
 
-    def fail(what):
-        raise ValueError(f"{path}: solver settings in the model metadata: {what}")
-
-    if not isinstance(solver, dict):
-        fail(f"expected a mapping, got {type(solver).__name__}")
-    for method, kinds in solver.items():
-        if method not in METHODS or not isinstance(kinds, dict):
-            fail(f"unknown method {method!r} (expected one of {METHODS})")
-        for kind, settings in kinds.items():
-            if kind not in SOLVER_KINDS or not isinstance(settings, dict):
-                fail(f"unknown operator kind {kind!r} for {method!r} (expected one of {SOLVER_KINDS})")
-            for key, value in settings.items():
-                if key not in SOLVER_SETTINGS or not isinstance(value, SOLVER_SETTINGS[key]) or isinstance(value, bool):
-                    fail(f"{method}/{kind}: setting {key}={value!r} is not one of {sorted(SOLVER_SETTINGS)} "
-                         "with a value of the right type")
+    try:
+        check(solver)
+    except ValueError as err:
+        raise ValueError(f"{path}: solver settings in the model metadata: {err}") from None
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> FlowModel:
