@@ -15,6 +15,10 @@ prior, ``method="map"`` with the solver's defaults (Adam, warm start from the ma
 4. Whole default solves (``--solve-sizes``; 300 iterations, warm start included; the nuclei
    sample tiled to the size): wall seconds and PSNR, and on CUDA with and without CUDA graphs
    (largest difference between the two results).
+5. ``--compile``: seconds per gradient of the image-space objective's prior term (log p(x) forward
+   and backward, 256x256) eager and under ``torch.compile``: first-call (compile) time, steady
+   seconds per iteration, the iterations a solve needs before compiling pays back, and the
+   largest gradient difference; on CUDA also with TF32 convolutions and matmuls off and on.
 
 Usage (the full reference takes minutes on 2 CPU cores)::
 
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--solve-sizes", default="", help="whole default solves at these sizes, e.g. 256,1024")
     ap.add_argument("--model", default="nuclei", help="model name or file (iterations/s fall back to an "
                     "untrained levels=3, steps=8, hidden=64 Glow when it is not available)")
+    ap.add_argument("--compile", action="store_true", help="measure torch.compile (and TF32 on CUDA)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
@@ -135,8 +140,62 @@ def main() -> None:
         if len(images) == 2:
             figures["solves"][-1]["max_abs_difference_to_graph"] = float(np.abs(images[True] - images[False]).max())
             print(json.dumps(figures["solves"][-1]), flush=True)
+    if args.compile:
+        figures["compile"] = compile_figures(model, nfp.solvers.resolve_device(args.device))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=1))
+
+
+def compile_figures(model, device, size: int = 256, repeats: int = 5) -> list[dict]:
+    """Eager vs torch.compile (and TF32 off/on on CUDA) for log p(x) forward + backward."""
+    import torch
+
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = model.to(device=device, memory_format=layout)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x0 = torch.rand(1, model.channels, size, size, generator=torch.Generator().manual_seed(0))
+    x0 = x0.to(device).contiguous(memory_format=layout)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def gradient(fn):
+        x = x0.clone().requires_grad_(True)
+        (-fn(x).sum()).backward()
+        sync()
+        return x.grad
+
+    def measure(fn):
+        t = time.perf_counter()
+        grad = gradient(fn)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(repeats):
+            gradient(fn)
+        return first, (time.perf_counter() - t) / repeats, grad
+
+    variants = [("eager", False, model.log_prob), ("compiled", False, torch.compile(model.log_prob, dynamic=False))]
+    if device.type == "cuda":
+        variants += [("eager", True, model.log_prob)]
+    rows, reference = [], None
+    for name, tf32, fn in variants:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        first, steady, grad = measure(fn)
+        reference = grad if reference is None else reference
+        rows.append({"variant": name, "tf32": tf32, "size": size, "first_call_s": first, "s_per_it": steady,
+                     "max_grad_rel_difference": float((grad - reference).abs().max() / reference.abs().max())})
+        print(json.dumps(rows[-1]), flush=True)
+    eager, compiled = rows[0], rows[1]
+    gain = eager["s_per_it"] - compiled["s_per_it"]
+    compiled["pays_back_after_iterations"] = (compiled["first_call_s"] - eager["first_call_s"]) / gain if gain > 0 else None
+    print(json.dumps(compiled), flush=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return rows
 
 
 if __name__ == "__main__":

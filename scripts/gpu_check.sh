@@ -10,8 +10,8 @@ if python3 -c "import pytest" 2>/dev/null; then
 else
   timeout 60 python3 tests/test_gpu.py 2>&1 | tail -15
 fi
-timeout 80 python3 benchmarks/speed.py --device cuda --threads 4 --skip-reference --rate-sizes 256,1024 \
-  --rate-iterations 20 --solve-sizes 256,1024 --out "$OUT/speed_gpu_solves.json" 2>&1 | tail -12
+timeout 110 python3 benchmarks/speed.py --device cuda --threads 4 --skip-reference --rate-sizes 256,1024 \
+  --rate-iterations 20 --solve-sizes 256,1024 --compile --out "$OUT/speed_gpu_solves.json" 2>&1 | tail -12
 timeout 75 python3 benchmarks/speed.py --device cuda --threads 4 --reference 3000 --rate-sizes "" \
   --budgets 100,200,300,500,1000 --out "$OUT/speed_gpu_reference.json" 2>&1 | tail -8
 JOBS="digits:S:256:sample_models/digits.safetensors" timeout 195 \
