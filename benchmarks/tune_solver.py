@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
     ap.add_argument("--models", default="medical,nuclei,digits")
     ap.add_argument("--configs", default="image:1,image:0.3,image:0.1,latent:1,latent:3,latent:10")
+    ap.add_argument("--rows", default=",".join(HEADLINE_ROWS), help="headline rows to run (default: all three)")
     ap.add_argument("--crops", type=int, default=2)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--digits", type=int, default=6)
@@ -77,6 +78,9 @@ def main() -> None:
     from napari_flow_prior.flows.files import save_model
 
     configs = args.configs.split(",")
+    rows = args.rows.split(",")
+    if not set(rows) <= set(HEADLINE_ROWS):
+        raise SystemExit(f"--rows: expected some of {','.join(HEADLINE_ROWS)}, got {args.rows}")
     cache = {}
     if args.cache.exists():
         for line in args.cache.read_text().splitlines():
@@ -87,7 +91,7 @@ def main() -> None:
     for name in args.models.split(","):
         model = nfp.load_model(name)
         for image, desc in validation_images(args.data, name, args):
-            for row in HEADLINE_ROWS:
+            for row in rows:
                 noise = ROWS[row][2]
                 op = make_operator(row, image.shape, seed=1)
                 y = op.measure(image, noise_sigma=noise, seed=2)
@@ -108,14 +112,14 @@ def main() -> None:
 
     lines = ["# MAP solver settings on validation images", "",
              f"Command: `PYTHONPATH=src python benchmarks/tune_solver.py --models {args.models} --configs "
-             f"{args.configs} --crops {args.crops} --size {args.size} --digits {args.digits}`; noise 0.01, "
+             f"{args.configs} --rows {args.rows} --crops {args.crops} --size {args.size} --digits {args.digits}`; noise 0.01, "
              f"{args.threads} torch thread(s); {time.time() - t0:.0f} s for what was not cached.", "",
              "Mean PSNR dB per optimisation space : prior weight lambda (best in bold):", "",
              "| prior | operator | n | " + " | ".join(configs) + " | chosen |",
              "|---|---|---|" + "---|" * len(configs) + "---|"]
     chosen: dict[str, dict] = {}
     for name in args.models.split(","):
-        for row in HEADLINE_ROWS:
+        for row in rows:
             # a config is compared only where it ran on every image of the row
             n = max(len(psnr.get((name, row, c), [])) for c in configs)
             means = {c: float(np.mean(psnr[(name, row, c)])) for c in configs if len(psnr.get((name, row, c), [])) == n}

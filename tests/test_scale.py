@@ -309,3 +309,17 @@ def test_batch_interrupted_leaves_no_half_written_output(tmp_path, batch_inputs,
     assert _batch(folder, model, out) == 0
     report = json.loads((out / "batch_report.json").read_text())
     assert report["skipped"] == 1 and report["done"] == 2 and not list(out.rglob("*.part"))
+
+
+def test_batch_passes_the_optimisation_space(tmp_path, batch_inputs):
+    from napari_flow_prior.batch import run_batch
+    from napari_flow_prior.cli import main
+
+    folder, model = batch_inputs
+    out = tmp_path / "out"
+    assert main(["batch", str(folder), "--out", str(out), "--model", str(model), "--operator", "mask:0.5",
+                 "--simulate", "--iterations", "2", "--space", "latent"]) == 0
+    assert json.loads((out / "img0" / "report.json").read_text())["params"]["space"] == "latent"
+    with pytest.raises(ValueError, match="space must be one of"):
+        run_batch(folder, tmp_path / "bad", model=str(model), space="pixels", progress=False)
+    assert not (tmp_path / "bad" / "img0").exists()

@@ -70,9 +70,13 @@ def _items(source: Path, scratch: Path):
 
 def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
               simulate=False, iterations=None, weight=None, device="auto", seed=0, block=32,
-              progress=True) -> dict:
+              space=None, progress=True) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc)."""
     from .cli import reconstruct_file
+    from .solvers import SPACES
+
+    if space is not None and space not in SPACES:  # fail once, not once per image
+        raise ValueError(f"space must be one of {SPACES} or None, got {space!r}")
 
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +101,7 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
                     path = path() if callable(path) else path
                     done = reconstruct_file(path, model=model, operator=operator, noise=noise, method=method,
                                             out=target, simulate=simulate, iterations=iterations, weight=weight,
-                                            device=device, seed=seed, block=block)
+                                            device=device, seed=seed, block=block, space=space)
                     entry = {"status": "done", "seconds": round(time.time() - t0, 2)}
                     if "metrics" in done:
                         entry["psnr"] = done["metrics"]["flow"]["psnr"]

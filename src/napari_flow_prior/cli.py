@@ -146,7 +146,8 @@ def _cmd_batch(args) -> int:
 
     report = run_batch(args.input, args.out, model=args.model, operator=args.operator, noise=args.noise,
                        method=args.method, simulate=args.simulate, iterations=args.iterations,
-                       weight=args.weight, device=args.device, seed=args.seed, block=args.block)
+                       weight=args.weight, device=args.device, seed=args.seed, block=args.block,
+                       space=args.space)
     print(f"{report['done']} done, {report['skipped']} skipped (already finished), {report['failed']} failed: "
           f"see {Path(args.out) / REPORT}")
     for name, entry in report["images"].items():
@@ -228,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", default="map", choices=["map", "latent", "mle"])
     b.add_argument("--simulate", action="store_true", help="inputs are ground truths: measure them first, report metrics")
     b.add_argument("--iterations", type=int)
-    b.add_argument("--weight", type=float, help="prior weight (default per method and operator)")
+    b.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
+    b.add_argument("--space", choices=["image", "latent"],
+                   help="where map optimises: the image or its latent code (default per model and operator)")
     b.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
