@@ -139,6 +139,15 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     assert viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["operator"]["kind"] == "blur"
     np.testing.assert_array_equal(layer.data, original)
 
+    # the optimisation space is offered for map only and reaches the solver
+    assert not widget.space.native.isHidden()  # (not shown on screen, so .visible is False)
+    widget.space.value = "latent"
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    assert viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["params"]["space"] == "latent"
+    widget.method.value = "latent"
+    assert widget.space.native.isHidden()
+
 
 def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
@@ -304,6 +313,10 @@ def test_plain_functions_without_viewer(models):
                                            iterations=3, device="cpu", name="x"))
     assert [kw["name"] for _, kw, _ in layers] == ["x measurements", "x reconstruction", "x log-density"]
     assert all(data.shape == (32, 32) for data, _, _ in layers)
+    with pytest.raises(ValueError, match="for method 'map' only"):
+        run_reconstruction(image, "tiny", OperatorSpec("cs"), method="latent", space="latent")
+    with pytest.raises(ValueError, match="space must be one of"):
+        run_reconstruction(image, "tiny", OperatorSpec("cs"), space="pixels")
 
 
 def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..__about__ import __version__
-from ..solvers import run_to_end  # noqa: F401  (re-exported for scripts)
+from ..solvers import SPACES, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
@@ -248,6 +248,7 @@ def run_reconstruction(
     method: str = "map",
     iterations: int | None = None,
     weight: float | None = None,
+    space: str | None = None,
     device: str = "auto",
     seed: int = 0,
     baseline: bool = False,
@@ -263,7 +264,8 @@ def run_reconstruction(
     ``noise_sigma``, seed ``seed + plane``), reconstructed, and PSNR/SSIM against it are reported.
     ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
     ``"auto"``); NaN pixels count as missing for a mask. Intensities go through ``normalize`` with
-    the model's settings and results come back in the input's units.
+    the model's settings and results come back in the input's units. ``iterations``, ``weight``
+    and ``space`` (where ``map`` optimises: "image" or "latent") default to the model's own.
 
     Returns a generator (checks are done before it is returned) that yields :class:`Step` and
     returns layer-data tuples: ``<name> measurements`` (simulate mode: the masked or blurred image,
@@ -280,6 +282,9 @@ def run_reconstruction(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if space is not None and (space not in SPACES or method != "map"):
+        raise ValueError(f"space must be one of {SPACES} and is for method 'map' only "
+                         f"(got space={space!r}, method={method!r})")
     if method == "mle" and operator.kind == "blur":
         raise ValueError("method 'mle' cannot undo a blur (it only keeps A x = y); use 'map' or 'latent'")
     if mode == "measured" and operator.kind == "cs":
@@ -319,13 +324,13 @@ def run_reconstruction(
     if device not in available_devices():
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
-                                 method=method, iterations=iterations, weight=weight, device=device,
-                                 seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
+                                 method=method, iterations=iterations, weight=weight, space=space,
+                                 device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel)
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          method, iterations, weight, device, seed, baseline, name, layer_kwargs,
+                          method, iterations, weight, space, device, seed, baseline, name, layer_kwargs,
                           image_kwargs, cancel):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
@@ -372,8 +377,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             truth = None
         label = _plane_text(layout, n, c)
         engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma,
-                                       iterations=iterations, weight=weight, device=device,
-                                       seed=seed, cancel=cancel)
+                                       iterations=iterations, weight=weight, space=space,
+                                       device=device, seed=seed, cancel=cancel)
         try:
             while True:
                 try:

@@ -60,6 +60,10 @@ class ReconstructWidget(Container):
                                   tooltip="0 = the method's default")
         self.weight = LineEdit(label="prior weight", value="default",
                                tooltip="'default' or a number: lambda (map) or gamma (latent)")
+        self.space = ComboBox(label="optimise in", choices=[("model default", None), ("image space", "image"),
+                                                             ("latent space", "latent")], value=None,
+                              tooltip="map only: optimise the image itself or its latent code z (x = G(z)); "
+                                      "each shipped model carries the choice its validation images preferred")
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
@@ -69,11 +73,11 @@ class ReconstructWidget(Container):
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.operator, self.mask_source, self.missing_fraction,
             self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
-            self.weight, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
+            self.weight, self.space, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
-        for w in (self.operator, self.mode, self.mask_source, self.psf_source):
+        for w in (self.operator, self.mode, self.mask_source, self.psf_source, self.method):
             w.changed.connect(self._sync_visibility)
         self.run_button.changed.connect(self.run)
         viewer.layers.selection.events.active.connect(self._follow_active)
@@ -113,6 +117,7 @@ class ReconstructWidget(Container):
         self.psf_source.visible = kind == "blur"
         self.sigma.visible = kind == "blur" and self.psf_source.value is None
         self.ratio.visible = self.block.visible = kind == "cs"
+        self.space.visible = self.method.value == "map"
 
     # run --------------------------------------------------------------------------------
     def _missing_from_layer(self, layer, image) -> np.ndarray:
@@ -159,7 +164,8 @@ class ReconstructWidget(Container):
         return run_reconstruction(
             image.data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
-            device=self.device.value, seed=int(self.seed.value), baseline=bool(self.baseline.value),
+            space=self.space.value if self.method.value == "map" else None, device=self.device.value,
+            seed=int(self.seed.value), baseline=bool(self.baseline.value),
             name=image.name, rgb=bool(image.rgb), layer_kwargs=layer_geometry(image),
             image_kwargs={"contrast_limits": contrast} if contrast else None,
             cancel=self.runner.is_cancelled)
