@@ -65,6 +65,20 @@ def samples_figure(model, path: Path, size: int, n: int = 6) -> None:
     canvas.save(path)
 
 
+def solver_table(model) -> str:
+    """The model's own ``reconstruct`` defaults (``solver`` metadata) as a Markdown table."""
+    solver = model.metadata.get("solver") or {}
+    rows = [(method, kind, settings) for method, kinds in sorted(solver.items()) for kind, settings in sorted(kinds.items())]
+    if not rows:
+        return "None: `reconstruct` uses the engine's defaults (`solvers.DEFAULTS`)."
+    lines = ["`reconstruct` uses these when the caller gives none (`solvers.solver_defaults`); they were",
+             "chosen on validation images by `benchmarks/tune_solver.py` (a dense `Matrix` takes the",
+             "compressed-sensing choice); everything else is the engine's default.", "",
+             "| method | operator | settings |", "|---|---|---|"]
+    lines += [f"| {m} | {k} | " + ", ".join(f"{key} {value}" for key, value in sorted(v.items())) + " |" for m, k, v in rows]
+    return "\n".join(lines)
+
+
 def keep_written_sections(card: str, old: str, name: str) -> str:
     """Carry over the hand-written parts of an existing card: the architecture comparison and the
     comment under the samples figure."""
@@ -141,6 +155,9 @@ charge a smooth density log2(8) = 3 bits/dim for them.
 | target: {'1.25 (unit bins, as published figures)' if args.name == 'digits' else '0.9 x best codec'} | {1.25 if args.name == 'digits' else 0.9 * best_codec:.3f} |
 
 Test set: {len(planes)} {unit}s, {sum(p.size for p in planes):,} pixels.
+
+## Solver defaults stored in the file
+{solver_table(model)}
 
 ## Samples
 Temperatures 0.5, 0.7 and 1.0 (rows), {size}x{size}:
