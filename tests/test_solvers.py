@@ -292,3 +292,30 @@ def test_space_argument_is_checked(model, image):
         nfp.reconstruct(y, op, model, space="fourier", iterations=2)
     with pytest.raises(ValueError, match="'map' only"):
         nfp.reconstruct(y, op, model, method="latent", space="latent", iterations=2)
+
+
+def test_latent_start_that_does_not_invert_starts_from_the_flow_mode():
+    """A start far outside the prior's domain (a checkerboard for the digit prior) encodes to a
+    latent code of ~4e3 that float32 decodes to ~1e5: the latent-space solve must notice, start
+    from z = 0 instead, say so, and still fit the data (before: 5 steps, then an image of 3e11)."""
+    from napari_flow_prior.solvers import _encode_start
+
+    model = nfp.load_model("digits")
+    yy, xx = np.mgrid[0:28, 0:28]
+    checker = ((yy + xx) % 2).astype(np.float32)
+    assert _encode_start(model, torch.as_tensor(checker).reshape(1, 1, 28, 28)) is None
+    smooth = (xx / 27).astype(np.float32)
+    assert _encode_start(model, torch.as_tensor(smooth).reshape(1, 1, 28, 28)) is not None
+
+    op = ops.Mask(np.ones((28, 28), bool), shape=(28, 28))  # all observed: the start is the checkerboard
+    y = op.measure(checker, noise_sigma=0.01, seed=0)
+    for method in ("map", "latent"):
+        with pytest.warns(RuntimeWarning, match="does not invert"):
+            r = nfp.reconstruct(y, op, model, method=method, space="latent" if method == "map" else None,
+                                noise_sigma=0.01, iterations=60, device="cpu")
+        assert "z = 0" in r.params["fallback"]
+        assert np.isfinite(r.image).all() and np.abs(r.image).max() < 2
+        assert r.losses[-1] < r.losses[0] and r.n_iter == 60  # optimised from G(0), not stuck
+    r = nfp.reconstruct(op.measure(smooth, noise_sigma=0.01, seed=0), op, model, space="latent",
+                        iterations=5, device="cpu")
+    assert "fallback" not in r.params

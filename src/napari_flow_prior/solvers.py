@@ -191,6 +191,24 @@ def _check_inputs(y, op, model: FlowModel):
     return y, op
 
 
+FALLBACK_WHY = ("an image far outside the prior's domain encodes to a huge latent code that float32 "
+                "cannot decode back (see Result.params['fallback'])")
+ROUND_TRIP_TOL = 1e-3  # largest |G(f(x0)) - x0| (on the [0, 1] scale) of a usable latent start
+
+
+def _encode_start(model: FlowModel, x0: torch.Tensor) -> Latent | None:
+    """The latent code z = f(x0) of a warm start, or None when decoding it does not give x0 back
+    (to ``ROUND_TRIP_TOL``): then a latent-space solve would start from a wrong image, far from
+    the data, with steps too small to move its huge z (a digit prior's z reached 7e4 on one start)."""
+    start = x0.clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        code = model.encode(start)
+        if not all(torch.isfinite(p).all() for p in code.parts):
+            return None
+        error = (model.decode(code) - start).abs().max()
+    return code if bool(error <= ROUND_TRIP_TOL) else None
+
+
 def _graphed_gradient(params, objective):
     """Capture ``objective()`` and its backward pass as one CUDA graph, or return None when the
     objective cannot be captured.
@@ -340,7 +358,9 @@ def reconstruct_steps(
     ``solver_defaults`` (the model's own, else ``DEFAULTS``); ``init`` is "baseline" (the
     operator's matching classical reconstruction, ``baselines.warm_start``: a warm start that
     saves iterations; pull-push instead of biharmonic for masks on planes over 512x512), "pinv" (the pseudo-inverse, observed mean in the holes of a mask),
-    "zero" (z = 0, latent only) or an image. Yields ``Progress``,
+    "zero" (z = 0 where the solve is in latent space, a flat 0.5 image otherwise) or an image; a
+    latent-space solve whose start does not invert exactly (``ROUND_TRIP_TOL``) starts from z = 0
+    with a warning and ``Result.params["fallback"]``. Yields ``Progress``,
     returns ``Result``.
     """
     t0 = time.time()
@@ -431,10 +451,24 @@ def reconstruct_steps(
     def residual(x):
         return op.forward(x.reshape(shape)) - y_t
 
+    def fall_back(what: str):
+        settings["fallback"] = what
+        warnings.warn(f"{what}: {FALLBACK_WHY}", RuntimeWarning, stacklevel=3)
+
+    def latent_start():
+        """z = f(x0), or z = 0 (the flow's mode, x = G(0)) where x0 does not invert or init is "zero"."""
+        zero = isinstance(init, str) and init == "zero"
+        code = None if zero else _encode_start(model, x0)
+        if code is None and not zero:
+            fall_back("the warm start does not invert exactly through the flow; started from z = 0")
+        if code is None:
+            code = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*shape[-2:])],
+                          shape[-2:])
+        return code.map(lambda p: p.detach().clone().requires_grad_(True))
+
     if method == "map":
         if settings["space"] == "latent":  # x = G(z); log p(G(z)) by re-encoding: exact, log-dets included
-            with torch.no_grad():
-                code = model.encode(x0.clamp(1e-3, 1 - 1e-3)).map(lambda p: p.detach().clone().requires_grad_(True))
+            code = latent_start()
             params = code.parts
 
             def image():
@@ -455,12 +489,7 @@ def reconstruct_steps(
             with torch.no_grad():
                 return image().detach()
     elif method == "latent":
-        if init == "zero":
-            latent = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*shape[-2:])], shape[-2:])
-        else:
-            with torch.no_grad():
-                latent = model.encode(x0.clamp(1e-3, 1 - 1e-3))
-        latent = latent.map(lambda p: p.detach().clone().requires_grad_(True))
+        latent = latent_start()
         params = latent.parts
 
         def objective():
