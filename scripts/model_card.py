@@ -34,7 +34,7 @@ LIMITS = {
     "nuclei": "Trained on two images only (one 8-bit widefield image whose dim range leaves ~30 grey "
               "levels per block after percentile scaling, one 16-bit image); it has never seen "
               "cytoplasm stains, brightfield or phase contrast, 3-D context or very crowded fields."
-              " Own-levels bits/dim per test block: the four nuclear.png blocks 1.51-1.83 against WebP's 1.67-2.05 (about 10% below it), the stardist block 4.60 against 4.74; the total is 0.92x WebP, 0.05 bits/dim short of the 0.9x target. A further 3,500 fine-tuning steps on one CPU thread left validation at 4.782 bits/dim (unit bins; 4.783 before): at this size and on this data the prior is saturated, and closing the gap needs a larger model trained on a GPU.",
+              " Own-levels bits/dim per test block: the four nuclear.png blocks 1.51-1.83 against WebP's 1.67-2.05 (about 10% below it), the stardist block 4.60 against 4.74; the total is 0.92x WebP, 0.05 bits/dim short of the 0.9x target. Further fine-tuning on one CPU thread did not move it: 3,500 steps left validation at 4.782 bits/dim (unit bins; 4.783 before), and another 4,500 steps at a fresh learning rate of 5e-4 stayed between 4.783 and 4.787: at this size and on this data the prior is saturated, and closing the gap needs a larger model trained on a GPU.",
     "medical": "Grayscale MR/CT/radiograph blocks and brain-template slices only; it has never seen "
                "ultrasound, PET, colour histology, or raw k-space; intensities are percentile-scaled "
                "per image, so absolute Hounsfield units are not preserved.",
