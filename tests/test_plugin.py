@@ -343,3 +343,19 @@ def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):
                                            iterations=2, device="cpu", rgb=True, name="c"))
     assert layers[1][0].shape == (32, 32, 3) and layers[1][1]["rgb"]
     assert layers[1][1]["metadata"]["napari_flow_prior"]["channel_by_channel"] is False
+
+
+def test_solver_fallback_is_shown(make_napari_viewer, qtbot, models):
+    """A start the flow cannot invert (a checkerboard under the digit prior) is reported, not hidden."""
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[0:28, 0:28]
+    viewer.add_image(((yy + xx) % 2).astype(np.float32), name="checker")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, model="digits")
+    widget.missing_fraction.value = 0.0  # every pixel observed: the warm start is the checkerboard
+    widget.space.value = "latent"
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    assert "note: the warm start does not invert" in widget.metrics.value
+    info = viewer.layers["checker reconstruction"].metadata["napari_flow_prior"]
+    assert "z = 0" in info["params"]["fallback"]

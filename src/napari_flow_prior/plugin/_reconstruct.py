@@ -192,5 +192,8 @@ class ReconstructWidget(Container):
             text += f" · flow PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
         if "baseline_psnr" in m:
             text += f" · {info.get('baseline')} PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.3f}"
+        fallback = (info.get("params") or {}).get("fallback")
+        if fallback:
+            text += f" · note: {fallback}"
         self.metrics.value = text
         self.status.value = "done"
