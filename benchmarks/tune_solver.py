@@ -4,14 +4,17 @@
 For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
 deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
 runs with its defaults except the optimisation space and the prior weight lambda, which take every
-``SPACE:WEIGHT`` of ``--configs``. Images: ``--crops`` random crops of ``--size`` from
+``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N). Images: ``--crops`` random crops of ``--size`` from
 ``<data>/<model>/val`` (seed fixed), or for ``digits`` ``--digits`` images of the MNIST
-validation split. One JSON line per (image, operator, config) is cached in ``--cache`` (a rerun
-computes only what is missing) and a table of mean PSNR is written to ``--out``.
+validation split. One JSON line per (model weights, image, operator, config) is cached in
+``--cache`` (a rerun computes only what is missing; a retrained prior starts afresh) and a table of
+mean PSNR is written to ``--out``.
 
 Rule (declared before the runs): per (prior, operator) the config with the best mean validation
 PSNR among those run on all of its images (a config clearly losing on the first images may be
-left out of the rest to save time: ``--table-only`` tabulates what is cached). ``--write`` stores those choices in the shipped model files' ``solver`` metadata, which
+left out of the rest to save time: ``--table-only`` tabulates what is cached); a config with a
+smaller iteration budget is preferred when its mean is within ``--tolerance`` dB (0.1) of the best,
+and the smallest such budget wins, so a prior does not spend iterations that buy nothing. ``--write`` stores those choices in the shipped model files' ``solver`` metadata, which
 ``reconstruct`` uses as that model's defaults (``solvers.solver_defaults``).
 
     PYTHONPATH=src python benchmarks/tune_solver.py --models digits --configs image:0.3,latent:1,latent:10 [--write]
@@ -20,6 +23,7 @@ left out of the rest to save time: ``--table-only`` tabulates what is cached). `
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -49,9 +53,28 @@ def validation_images(data: Path, name: str, args) -> list[tuple[np.ndarray, str
     return random_crops(files, args.crops, args.size, np.random.default_rng(5))
 
 
-def parse_config(text: str) -> tuple[str, float]:
-    space, _, weight = text.partition(":")
-    return space, float(weight)
+def weights_id(model) -> str:
+    """Short hash of a model's weights (not of its file, whose metadata ``--write`` changes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def parse_config(text: str) -> tuple[str, float, int | None]:
+    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: the model's default)."""
+    setting, _, iterations = text.partition("@")
+    space, _, weight = setting.partition(":")
+    return space, float(weight), int(iterations) if iterations else None
+
+
+def choose(means: dict[str, float], default_iterations: int, tolerance: float) -> str:
+    """The config with the smallest iteration budget among those within ``tolerance`` dB of the
+    best mean PSNR (ties: the better mean)."""
+    best = max(means.values())
+    close = [c for c in means if means[c] >= best - tolerance]
+    return min(close, key=lambda c: (parse_config(c)[2] or default_iterations, -means[c]))
 
 
 def main() -> None:
@@ -64,6 +87,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--digits", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tolerance", type=float, default=0.1,
+                    help="dB below the best mean within which a smaller iteration budget is preferred")
     ap.add_argument("--cache", type=Path, default=HERE / "results" / "tune_solver.jsonl")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "tune_solver.md")
     ap.add_argument("--table-only", action="store_true",
@@ -76,6 +101,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import napari_flow_prior as nfp
     from napari_flow_prior.flows.files import save_model
+    from napari_flow_prior.solvers import DEFAULTS
+
+    # a config without @N runs the engine's MAP budget, not one a model file may carry
+    default_iterations = DEFAULTS[("map", "mask")]["iterations"]
 
     configs = args.configs.split(",")
     rows = args.rows.split(",")
@@ -85,26 +114,28 @@ def main() -> None:
     if args.cache.exists():
         for line in args.cache.read_text().splitlines():
             r = json.loads(line)
-            cache[(r["model"], r["image"], r["row"], r["config"])] = r["psnr"]
+            cache[(r["weights"], r["model"], r["image"], r["row"], r["config"])] = r["psnr"]
     t0 = time.time()
     psnr: dict[tuple[str, str, str], list[float]] = {}
     for name in args.models.split(","):
         model = nfp.load_model(name)
+        weights = weights_id(model)
         for image, desc in validation_images(args.data, name, args):
             for row in rows:
                 noise = ROWS[row][2]
                 op = make_operator(row, image.shape, seed=1)
                 y = op.measure(image, noise_sigma=noise, seed=2)
                 for config in configs:
-                    key = (name, desc, row, config)
+                    key = (weights, name, desc, row, config)
                     if key not in cache and args.table_only:
                         continue
                     if key not in cache:
-                        space, weight = parse_config(config)
-                        result = nfp.reconstruct(y, op, model, noise_sigma=noise, space=space, weight=weight)
+                        space, weight, iterations = parse_config(config)
+                        result = nfp.reconstruct(y, op, model, noise_sigma=noise, space=space, weight=weight,
+                                                 iterations=iterations or default_iterations)
                         cache[key] = round(float(nfp.psnr(image, result.image)), 3)
                         with args.cache.open("a") as f:
-                            f.write(json.dumps({"model": name, "image": desc, "row": row, "config": config,
+                            f.write(json.dumps({"weights": weights, "model": name, "image": desc, "row": row, "config": config,
                                                 "psnr": cache[key], "seconds": round(result.seconds, 1)}) + "\n")
                         print(json.dumps({"model": name, "image": desc, "row": row, "config": config,
                                           "psnr": cache[key]}), flush=True)
@@ -114,7 +145,8 @@ def main() -> None:
              f"Command: `PYTHONPATH=src python benchmarks/tune_solver.py --models {args.models} --configs "
              f"{args.configs} --rows {args.rows} --crops {args.crops} --size {args.size} --digits {args.digits}`; noise 0.01, "
              f"{args.threads} torch thread(s); {time.time() - t0:.0f} s for what was not cached.", "",
-             "Mean PSNR dB per optimisation space : prior weight lambda (best in bold):", "",
+             "Mean PSNR dB per optimisation space : prior weight lambda [@ iterations, default "
+             f"{default_iterations}] (best in bold; chosen: the smallest budget within {args.tolerance} dB of the best):", "",
              "| prior | operator | n | " + " | ".join(configs) + " | chosen |",
              "|---|---|---|" + "---|" * len(configs) + "---|"]
     chosen: dict[str, dict] = {}
@@ -124,12 +156,14 @@ def main() -> None:
             n = max(len(psnr.get((name, row, c), [])) for c in configs)
             means = {c: float(np.mean(psnr[(name, row, c)])) for c in configs if len(psnr.get((name, row, c), [])) == n}
             best = max(means, key=means.get)
-            space, weight = parse_config(best)
-            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight}
+            pick = choose(means, default_iterations, args.tolerance)
+            space, weight, iterations = parse_config(pick)
+            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight,
+                                                      "iterations": iterations or default_iterations}
             cells = [("-" if c not in means else f"**{means[c]:.2f}**" if c == best else f"{means[c]:.2f}")
                      for c in configs]
             lines.append(f"| {name} | {ROW_LABELS[row]} | {n} | "
-                         + " | ".join(cells) + f" | {best} |")
+                         + " | ".join(cells) + f" | {pick} |")
     lines += ["", "Chosen settings (stored in each model file's `solver` metadata with `--write`):", "",
               "```json", json.dumps(chosen, indent=1, sort_keys=True), "```"]
     args.out.write_text("\n".join(lines) + "\n")
@@ -138,8 +172,8 @@ def main() -> None:
         for name, kinds in chosen.items():
             model = nfp.load_model(name)
             solver = {"map": {**(model.metadata.get("solver") or {}).get("map", {}), **kinds}}
-            if "mask" in kinds:
-                solver["map"].setdefault("matrix", kinds.get("cs", kinds["mask"]))
+            if "cs" in kinds:  # a dense Matrix is compressed sensing too
+                solver["map"]["matrix"] = kinds["cs"]
             save_model(model, model.metadata["path"], solver=solver)
             print(f"wrote solver settings to {model.metadata['path']}: {json.dumps(solver)}")
 

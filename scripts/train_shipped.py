@@ -31,6 +31,7 @@ PATCH_CONFIGS = {
     # CPU-sized candidates
     "S": dict(levels=3, steps_per_level=4, hidden=48, patch=32, batch=32),
     "D": dict(levels=2, steps_per_level=8, hidden=64, patch=32, batch=32),
+    "E": dict(levels=3, steps_per_level=8, hidden=64, patch=64, batch=32),
 }
 DIGIT_CONFIGS = {
     "A": dict(levels=3, steps_per_level=8, hidden=64, patch=28, batch=128, augment=False),
