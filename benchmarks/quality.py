@@ -179,6 +179,10 @@ def noise_floor_psnr(image, op, noise: float) -> float:
     return 100.0 if mse <= 0 else min(100.0, float(10 * np.log10(1.0 / mse)))
 
 
+FLOW_SOURCES = ("solvers", "operators", "tiling", "devices", "normalization", "flows")
+BASELINE_SOURCES = ("baselines", "operators")
+
+
 def run_job(job, model, model_key, args, cache: Cache) -> dict:
     import napari_flow_prior as nfp
     from napari_flow_prior import baselines as bl
@@ -189,7 +193,7 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     op = make_operator(row, image.shape, seed=seed)
     params, source = None, None
     if family == "flow":
-        settings = f"it={args.iterations or 'default'}|device={args.device}|{_source_hash('solvers')}"
+        settings = f"it={args.iterations or 'default'}|device={args.device}|{_source_hash(*FLOW_SOURCES)}"
     elif family == "floor":
         settings = "haar-rms"
     elif family == "baseline":
@@ -200,9 +204,9 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
             source = "library"
         if params is None:
             params = bl._resolve_params(method, op.kind, noise)
-        settings = f"params={json.dumps(params, sort_keys=True)}|{_source_hash('baselines')}"
+        settings = f"params={json.dumps(params, sort_keys=True)}|{_source_hash(*BASELINE_SOURCES)}"
     else:
-        settings = f"grid={json.dumps(param_grid(method), sort_keys=True)}|{_source_hash('baselines')}"
+        settings = f"grid={json.dumps(param_grid(method), sort_keys=True)}|{_source_hash(*BASELINE_SOURCES)}"
     key = "|".join([model_key, image_id, row, family, method, settings])
     hit = cache.get(key)
     if hit is not None:
@@ -236,14 +240,20 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     return entry
 
 
-def _source_hash(module: str) -> str:
-    """Short hash of a library module's source, part of the cache key: a change to the solvers
-    (their defaults included) or to the baselines invalidates the cached results they made."""
+def _source_hash(*modules: str) -> str:
+    """Short hash of the library source that makes a result, part of the cache key: a change to
+    any of these modules (a package: all of its files), their defaults included, invalidates the
+    cached results they made. (Hashing the solvers alone once let results of older flow code
+    stand in for the current one.)"""
     import hashlib
     import importlib
 
-    path = Path(importlib.import_module(f"napari_flow_prior.{module}").__file__)
-    return f"{module}={hashlib.sha1(path.read_bytes()).hexdigest()[:10]}"
+    digest = hashlib.sha1()
+    for module in modules:
+        path = Path(importlib.import_module(f"napari_flow_prior.{module}").__file__)
+        for source in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            digest.update(source.read_bytes())
+    return f"{'+'.join(modules)}={digest.hexdigest()[:10]}"
 
 
 def _image_seed(image_id: str) -> int:
