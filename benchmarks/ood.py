@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE))
 if str(ROOT / "src") not in sys.path:
     sys.path.append(str(ROOT / "src"))
 
+from quality import BASELINE_SOURCES, FLOW_SOURCES, source_hash  # noqa: E402
 from tune_baselines import load_png, random_crops  # noqa: E402
 
 NATURAL = ("camera", "moon", "brick", "retina")
@@ -81,15 +82,6 @@ def image_sets(data: Path, n: int, size: int) -> dict[str, list[tuple[str, np.nd
                         np.ascontiguousarray(image[r0:r0 + size, c0:c0 + size])))
     sets["natural"] = natural
     return sets
-
-
-def _source_hash(module: str) -> str:
-    """Short hash of a library module's source (part of the cache key)."""
-    import hashlib
-    import importlib
-
-    path = Path(importlib.import_module(f"napari_flow_prior.{module}").__file__)
-    return f"{module}={hashlib.sha1(path.read_bytes()).hexdigest()[:10]}"
 
 
 def make_operator(task: str, shape, seed: int):
@@ -154,8 +146,8 @@ def main(argv=None) -> int:
                     f.write(json.dumps({"key": key, "value": cache[key]}) + "\n")
         return tuple(cache[key])
 
-    base_src = _source_hash("baselines")
-    flow_src = _source_hash("solvers")
+    base_src = source_hash(*BASELINE_SOURCES)
+    flow_src = source_hash(*FLOW_SOURCES)
     needed = {s for _, s, _ in pairs}
     # baselines: once per (set, image, task), shared by the priors
     base: dict = {}

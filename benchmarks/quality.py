@@ -193,7 +193,7 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     op = make_operator(row, image.shape, seed=seed)
     params, source = None, None
     if family == "flow":
-        settings = f"it={args.iterations or 'default'}|device={args.device}|{_source_hash(*FLOW_SOURCES)}"
+        settings = f"it={args.iterations or 'default'}|device={args.device}|{source_hash(*FLOW_SOURCES)}"
     elif family == "floor":
         settings = "haar-rms"
     elif family == "baseline":
@@ -204,9 +204,9 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
             source = "library"
         if params is None:
             params = bl._resolve_params(method, op.kind, noise)
-        settings = f"params={json.dumps(params, sort_keys=True)}|{_source_hash(*BASELINE_SOURCES)}"
+        settings = f"params={json.dumps(params, sort_keys=True)}|{source_hash(*BASELINE_SOURCES)}"
     else:
-        settings = f"grid={json.dumps(param_grid(method), sort_keys=True)}|{_source_hash(*BASELINE_SOURCES)}"
+        settings = f"grid={json.dumps(param_grid(method), sort_keys=True)}|{source_hash(*BASELINE_SOURCES)}"
     key = "|".join([model_key, image_id, row, family, method, settings])
     hit = cache.get(key)
     if hit is not None:
@@ -240,7 +240,7 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     return entry
 
 
-def _source_hash(*modules: str) -> str:
+def source_hash(*modules: str) -> str:
     """Short hash of the library source that makes a result, part of the cache key: a change to
     any of these modules (a package: all of its files), their defaults included, invalidates the
     cached results they made. (Hashing the solvers alone once let results of older flow code
