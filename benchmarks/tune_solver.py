@@ -63,7 +63,7 @@ def weights_id(model) -> str:
 
 
 def parse_config(text: str) -> tuple[str, float, int | None]:
-    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: the model's default)."""
+    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: the engine's MAP default)."""
     setting, _, iterations = text.partition("@")
     space, _, weight = setting.partition(":")
     return space, float(weight), int(iterations) if iterations else None
