@@ -45,6 +45,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -240,11 +241,12 @@ def run_job(job, model, model_key, args, cache: Cache) -> dict:
     return entry
 
 
+@functools.lru_cache(maxsize=None)
 def source_hash(*modules: str) -> str:
     """Short hash of the library source that makes a result, part of the cache key: a change to
     any of these modules (a package: all of its files), their defaults included, invalidates the
     cached results they made. (Hashing the solvers alone once let results of older flow code
-    stand in for the current one.)"""
+    stand in for the current one.) Read once per process: the code that runs is the code loaded."""
     import hashlib
     import importlib
 

@@ -62,11 +62,11 @@ def weights_id(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_config(text: str) -> tuple[str, float, int | None]:
-    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: the engine's MAP default)."""
+def parse_config(text: str, default_iterations: int) -> tuple[str, float, int]:
+    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``)."""
     setting, _, iterations = text.partition("@")
     space, _, weight = setting.partition(":")
-    return space, float(weight), int(iterations) if iterations else None
+    return space, float(weight), int(iterations) if iterations else default_iterations
 
 
 def choose(means: dict[str, float], default_iterations: int, tolerance: float) -> str:
@@ -74,7 +74,7 @@ def choose(means: dict[str, float], default_iterations: int, tolerance: float) -
     best mean PSNR (ties: the better mean)."""
     best = max(means.values())
     close = [c for c in means if means[c] >= best - tolerance]
-    return min(close, key=lambda c: (parse_config(c)[2] or default_iterations, -means[c]))
+    return min(close, key=lambda c: (parse_config(c, default_iterations)[2], -means[c]))
 
 
 def main() -> None:
@@ -130,9 +130,9 @@ def main() -> None:
                     if key not in cache and args.table_only:
                         continue
                     if key not in cache:
-                        space, weight, iterations = parse_config(config)
+                        space, weight, iterations = parse_config(config, default_iterations)
                         result = nfp.reconstruct(y, op, model, noise_sigma=noise, space=space, weight=weight,
-                                                 iterations=iterations or default_iterations)
+                                                 iterations=iterations)
                         cache[key] = round(float(nfp.psnr(image, result.image)), 3)
                         with args.cache.open("a") as f:
                             f.write(json.dumps({"weights": weights, "model": name, "image": desc, "row": row, "config": config,
@@ -157,9 +157,8 @@ def main() -> None:
             means = {c: float(np.mean(psnr[(name, row, c)])) for c in configs if len(psnr.get((name, row, c), [])) == n}
             best = max(means, key=means.get)
             pick = choose(means, default_iterations, args.tolerance)
-            space, weight, iterations = parse_config(pick)
-            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight,
-                                                      "iterations": iterations or default_iterations}
+            space, weight, iterations = parse_config(pick, default_iterations)
+            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight, "iterations": iterations}
             cells = [("-" if c not in means else f"**{means[c]:.2f}**" if c == best else f"{means[c]:.2f}")
                      for c in configs]
             lines.append(f"| {name} | {ROW_LABELS[row]} | {n} | "
