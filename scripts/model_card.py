@@ -79,6 +79,22 @@ def solver_table(model) -> str:
     return "\n".join(lines)
 
 
+def earlier_training(record: dict) -> str:
+    """The trainings a fine-tuned model started from (``training.previous``, newest first)."""
+    lines, total_steps, total_seconds = [], record["steps"], record["seconds"]
+    while record.get("previous"):
+        record = record["previous"]
+        total_steps += record["steps"]
+        total_seconds += record["seconds"]
+        lines.append(f"- `{record.get('command', '')}`: {record['steps']:,} steps in "
+                     f"{record['seconds'] / 60:.0f} minutes on {record['hardware']}, batch "
+                     f"{record['config']['batch']}, lr {record['config']['lr']}")
+    if not lines:
+        return ""
+    return ("\nThis run fine-tuned an earlier model (`--init`); the trainings before it:\n\n"
+            + "\n".join(lines) + f"\n\nIn all: {total_steps:,} steps, {total_seconds / 60:.0f} minutes.\n")
+
+
 def keep_written_sections(card: str, old: str, name: str) -> str:
     """Carry over the hand-written parts of an existing card: the architecture comparison and the
     comment under the samples figure."""
@@ -135,6 +151,7 @@ LU 1x1 convolutions; {n_params:,} parameters ({path.stat().st_size / 1e6:.1f} MB
 {tr['steps']:,} steps ({tr.get('skipped_steps', 0)} skipped as non-finite) in {tr['seconds'] / 60:.0f} minutes on {tr['hardware']};
 patch {tr['config']['patch']}, batch {tr['config']['batch']}, Adam lr {tr['config']['lr']} with warm-up and cosine decay,
 seed {tr['seed']}; best validation step {tr.get('best_step')}. Log: `{args.name}.log.csv` next to this card.
+{earlier_training(tr)}
 
 ## Test bits/dim (8-bit test {unit}s, uniform dequantization, mean of 4 draws)
 

@@ -107,10 +107,12 @@ def test_non_finite_step_is_skipped(monkeypatch):
 
 
 def test_fine_tune_from_a_model(tmp_path):
-    base = tmp_path / "base.safetensors"
+    base, out = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
     train(blobs(), base, tiny(steps=20), progress=False)
-    tuned = run_to_end(train_steps(blobs(seed=1), tiny(steps=10), init=str(base)))
-    assert tuned.metadata["training"]["init"] == str(base)
+    train(blobs(seed=1), out, tiny(steps=10), init=str(base), progress=False)
+    record = nfp.load_model(out).metadata["training"]
+    assert record["init"] == str(base) and record["steps"] == 10
+    assert record["previous"]["steps"] == 20  # the base model's training is kept with the fine-tune
 
 
 def test_bad_data_is_rejected_clearly(tmp_path):

@@ -302,6 +302,7 @@ def train_steps(
                             steps=config.steps_per_level, hidden=config.hidden, seed=config.seed)
     if model.channels != config.channels:
         raise ValueError(f"the initial model has {model.channels} channels, the data {config.channels}")
+    earlier_training = model.metadata.get("training") if init is not None else None
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
@@ -386,6 +387,8 @@ def train_steps(
         "seed": config.seed, "command": " ".join(sys.argv),
         "init": None if init is None else (init.metadata.get("name", "model") if isinstance(init, FlowModel) else str(init)),
     }
+    if earlier_training:  # a fine-tuned model keeps the record of the training it started from
+        model.metadata["training"]["previous"] = earlier_training
     model.metadata["metrics"] = {"val_bpd": best["val_bpd"]}
     return model
 
