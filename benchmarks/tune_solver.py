@@ -4,7 +4,10 @@
 For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
 deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
 runs with its defaults except the optimisation space and the prior weight lambda, which take every
-``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N). Images: ``--crops`` random crops of ``--size`` from
+``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N). SPACE is
+``latent``, ``box`` (image space, iterates kept in [0, 1]: the engine's default) or ``image`` (image
+space with free iterates, ``box=False``: how image space ran before the box existed, so the cached
+``image`` results stay valid). Images: ``--crops`` random crops of ``--size`` from
 ``<data>/<model>/val`` (seed fixed), or for ``digits`` ``--digits`` images of the MNIST
 validation split. One JSON line per (model weights, image, operator, config) is cached in
 ``--cache`` (a rerun computes only what is missing; a retrained prior starts afresh) and a table of
@@ -62,11 +65,18 @@ def weights_id(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_config(text: str, default_iterations: int) -> tuple[str, float, int]:
-    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``)."""
+def parse_config(text: str, default_iterations: int) -> dict:
+    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``) as
+    ``reconstruct`` settings: space, weight, iterations, and box for image space."""
     setting, _, iterations = text.partition("@")
     space, _, weight = setting.partition(":")
-    return space, float(weight), int(iterations) if iterations else default_iterations
+    if space not in ("latent", "image", "box"):
+        raise SystemExit(f"--configs: unknown space {space!r} in {text!r} (latent, box or image)")
+    settings = {"space": "latent" if space == "latent" else "image", "weight": float(weight),
+                "iterations": int(iterations) if iterations else default_iterations}
+    if space != "latent":
+        settings["box"] = space == "box"
+    return settings
 
 
 def choose(means: dict[str, float], default_iterations: int, tolerance: float) -> str:
@@ -74,7 +84,7 @@ def choose(means: dict[str, float], default_iterations: int, tolerance: float) -
     best mean PSNR (ties: the better mean)."""
     best = max(means.values())
     close = [c for c in means if means[c] >= best - tolerance]
-    return min(close, key=lambda c: (parse_config(c, default_iterations)[2], -means[c]))
+    return min(close, key=lambda c: (parse_config(c, default_iterations)["iterations"], -means[c]))
 
 
 def main() -> None:
@@ -130,9 +140,8 @@ def main() -> None:
                     if key not in cache and args.table_only:
                         continue
                     if key not in cache:
-                        space, weight, iterations = parse_config(config, default_iterations)
-                        result = nfp.reconstruct(y, op, model, noise_sigma=noise, space=space, weight=weight,
-                                                 iterations=iterations)
+                        result = nfp.reconstruct(y, op, model, noise_sigma=noise,
+                                                 **parse_config(config, default_iterations))
                         cache[key] = round(float(nfp.psnr(image, result.image)), 3)
                         with args.cache.open("a") as f:
                             f.write(json.dumps({"weights": weights, "model": name, "image": desc, "row": row, "config": config,
@@ -157,8 +166,7 @@ def main() -> None:
             means = {c: float(np.mean(psnr[(name, row, c)])) for c in configs if len(psnr.get((name, row, c), [])) == n}
             best = max(means, key=means.get)
             pick = choose(means, default_iterations, args.tolerance)
-            space, weight, iterations = parse_config(pick, default_iterations)
-            chosen.setdefault(name, {})[KIND[row]] = {"space": space, "weight": weight, "iterations": iterations}
+            chosen.setdefault(name, {})[KIND[row]] = parse_config(pick, default_iterations)
             cells = [("-" if c not in means else f"**{means[c]:.2f}**" if c == best else f"{means[c]:.2f}")
                      for c in configs]
             lines.append(f"| {name} | {ROW_LABELS[row]} | {n} | "

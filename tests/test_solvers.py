@@ -285,6 +285,30 @@ def test_model_files_carry_their_own_solver_settings(model, image, tmp_path):
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_image_space_map_keeps_the_iterates_in_the_unit_box(model, image, tmp_path):
+    """Deblurring a black-and-white image pushes unconstrained iterates below 0 and above 1, where
+    a flow's density is arbitrary; ``box`` (the default) projects them back onto [0, 1]."""
+    from napari_flow_prior.flows.files import save_model
+
+    sharp = (image > 0.5).astype(np.float32)
+    op = ops.Blur(sharp.shape, sigma=1.0)
+    y = op.measure(sharp, noise_sigma=0.01, seed=0)
+    free = nfp.reconstruct(y, op, model, box=False, space="image", iterations=30)
+    assert free.image.min() < -1e-3 or free.image.max() > 1 + 1e-3
+    boxed = nfp.reconstruct(y, op, model, space="image", iterations=30)
+    assert boxed.params["box"] is True
+    assert boxed.image.min() >= 0 and boxed.image.max() <= 1
+    from napari_flow_prior.baselines import warm_start
+
+    start = np.clip(warm_start(y, op, 0.01), 0, 1)  # the solve's own (projected) start
+    weight = boxed.params["weight"]
+    assert map_objective(model, op, y, boxed.image, 0.01, weight) < map_objective(model, op, y, start, 0.01, weight)
+    own = save_model(model, tmp_path / "own.safetensors", solver={"map": {"blur": {"box": False}}})
+    assert nfp.reconstruct(y, op, nfp.load_model(own), space="image", iterations=2).params["box"] is False
+    with pytest.raises(ValueError, match="solver settings"):
+        save_model(model, tmp_path / "bad.safetensors", solver={"map": {"blur": {"box": 1}}})
+
+
 def test_space_argument_is_checked(model, image):
     op = OPERATORS["mask"](image.shape)
     y = op.measure(image, noise_sigma=0.01, seed=0)
