@@ -4,7 +4,7 @@
 For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
 deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
 runs with its defaults except the optimisation space and the prior weight lambda, which take every
-``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N). SPACE is
+``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N, ``SPACE:WEIGHT@N~LR`` also Adam's step size). SPACE is
 ``latent``, ``box`` (image space, iterates kept in [0, 1]: the engine's default) or ``image`` (image
 space with free iterates, ``box=False``: how image space ran before the box existed, so the cached
 ``image`` results stay valid). Images: ``--crops`` random crops of ``--size`` from
@@ -66,8 +66,10 @@ def weights_id(model) -> str:
 
 
 def parse_config(text: str, default_iterations: int) -> dict:
-    """``SPACE:WEIGHT`` or ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``) as
-    ``reconstruct`` settings: space, weight, iterations, and box for image space."""
+    """``SPACE:WEIGHT``, ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``) or
+    ``SPACE:WEIGHT@ITERATIONS~LR`` (Adam step size; default the engine's) as ``reconstruct``
+    settings: space, weight, iterations, box for image space, and lr when given."""
+    text, _, lr = text.partition("~")
     setting, _, iterations = text.partition("@")
     space, _, weight = setting.partition(":")
     if space not in ("latent", "image", "box"):
@@ -76,6 +78,8 @@ def parse_config(text: str, default_iterations: int) -> dict:
                 "iterations": int(iterations) if iterations else default_iterations}
     if space != "latent":
         settings["box"] = space == "box"
+    if lr:
+        settings["lr"] = float(lr)
     return settings
 
 
