@@ -51,6 +51,16 @@ def test_reconstruct_space_option(tmp_path, tiny_model, image_file):
     assert report["params"]["space"] == "latent"
 
 
+@pytest.mark.parametrize("flag, box", [("--no-box", False), ("--box", True)])
+def test_reconstruct_step_size_and_box_options(tmp_path, tiny_model, image_file, flag, box):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "blur:1.0",
+                 "--simulate", "--iterations", "3", "--space", "image", "--lr", "0.02", flag,
+                 "--out", str(out)]) == 0
+    params = json.loads((out / "report.json").read_text())["params"]
+    assert params["lr"] == 0.02 and params["box"] is box
+
+
 def test_reconstruct_measured_with_mask_file(tmp_path, tiny_model, image_file):
     missing = np.zeros((24, 24), np.uint8)
     missing[5:9, :] = 1  # dead rows

@@ -70,7 +70,7 @@ def _items(source: Path, scratch: Path):
 
 def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
               simulate=False, iterations=None, weight=None, device="auto", seed=0, block=32,
-              space=None, progress=True) -> dict:
+              space=None, lr=None, box=None, progress=True) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc)."""
     from .cli import reconstruct_file
     from .solvers import SPACES
@@ -101,7 +101,8 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
                     path = path() if callable(path) else path
                     done = reconstruct_file(path, model=model, operator=operator, noise=noise, method=method,
                                             out=target, simulate=simulate, iterations=iterations, weight=weight,
-                                            device=device, seed=seed, block=block, space=space)
+                                            device=device, seed=seed, block=block, space=space,
+                                            lr=lr, box=box)
                     entry = {"status": "done", "seconds": round(time.time() - t0, 2)}
                     if "metrics" in done:
                         entry["psnr"] = done["metrics"]["flow"]["psnr"]
