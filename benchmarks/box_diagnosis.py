@@ -5,7 +5,7 @@ image-space MAP (lambda 1, 300 steps) twice: free iterates (``box=False``) and i
 [0, 1] after every step (``box=True``, the default). Prints, per digit, PSNR, the range of the
 result and the prior's log p of the result next to that of the true digit: a flow trained on
 [0, 1] images says nothing meaningful about pixels outside that range, and an optimiser that is
-allowed there finds images the flow scores absurdly (log p of order -1e18).
+allowed there finds images the flow scores absurdly (log p of -1e16 to -1e21).
 
     PYTHONPATH=src python benchmarks/box_diagnosis.py [--data /work/data] [--out FILE.md]
 """
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import napari_flow_prior as nfp
+from tune_solver import validation_images  # the same 6 validation digits
 
 
 def main() -> None:
@@ -28,14 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = nfp.load_model(args.model)
-    with np.load(Path(args.data) / "digits" / "val.npz") as f:
-        images = f[list(f.keys())[0]]
-    idx = np.sort(np.random.default_rng(3).choice(len(images), 6, replace=False))  # as tune_solver.py
+    digits = validation_images(Path(args.data), "digits", argparse.Namespace(digits=6))
     lines = ["| digit | truth log p | free: PSNR | free: min / max | free: log p | box: PSNR | box: log p |",
              "|---|---|---|---|---|---|---|"]
     free_psnr, box_psnr = [], []
-    for i in idx:
-        x = images[i].astype(np.float32) / 255.0
+    for x, name in digits:
         op = nfp.operators.Blur(x.shape, sigma=2.0)
         y = op.measure(x, noise_sigma=0.01, seed=0)
         cells = []
@@ -47,7 +45,7 @@ def main() -> None:
             (box_psnr if box else free_psnr).append(p)
             cells += [f"{p:.2f}"] + ([] if box else [f"{r.image.min():.2f} / {r.image.max():.2f}"]) + [f"{log_p:.3g}"]
         truth = model.log_prob(torch.as_tensor(x)[None, None]).item()
-        lines.append(f"| val[{i}] | {truth:.4g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {truth:.4g} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     lines.append(f"| mean | | {np.mean(free_psnr):.2f} | | | {np.mean(box_psnr):.2f} | |")
     text = ("# Image-space MAP with and without the [0, 1] box\n\n"

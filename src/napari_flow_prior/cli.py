@@ -194,6 +194,20 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _add_solver_options(p: argparse.ArgumentParser) -> None:
+    """The solve's settings, shared by ``reconstruct`` and ``batch``."""
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
+    p.add_argument("--space", choices=["image", "latent"],
+                   help="where map optimises: the image or its latent code (default per model and operator)")
+    p.add_argument("--lr", type=float, help="Adam step size (default per model, method and operator)")
+    p.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
+                   help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
+    p.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-flow-prior", description="Normalizing-flow priors for "
                                      "inpainting, deblurring and compressed sensing.")
@@ -211,16 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--simulate", action="store_true", help="IMAGE is the ground truth: measure it first and report metrics")
     r.add_argument("--mask", help="image file of the missing pixels (nonzero = missing), for measured data")
     r.add_argument("--psf", help="image file of the point-spread function, for measured blurred data")
-    r.add_argument("--iterations", type=int)
-    r.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
-    r.add_argument("--space", choices=["image", "latent"],
-                   help="where map optimises: the image or its latent code (default per model and operator)")
-    r.add_argument("--lr", type=float, help="Adam step size (default per model, method and operator)")
-    r.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
-                   help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
-    r.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--seed", type=int, default=0)
+    _add_solver_options(r)
     r.add_argument("--baseline", action="store_true", help="also run the matching classical baseline")
     r.set_defaults(fn=_cmd_reconstruct)
 
@@ -232,16 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--noise", default="0.01", help="noise sigma on the [0, 1] scale, or 'auto'")
     b.add_argument("--method", default="map", choices=["map", "latent", "mle"])
     b.add_argument("--simulate", action="store_true", help="inputs are ground truths: measure them first, report metrics")
-    b.add_argument("--iterations", type=int)
-    b.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
-    b.add_argument("--space", choices=["image", "latent"],
-                   help="where map optimises: the image or its latent code (default per model and operator)")
-    b.add_argument("--lr", type=float, help="Adam step size (default per model, method and operator)")
-    b.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
-                   help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
-    b.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--seed", type=int, default=0)
+    _add_solver_options(b)
     b.set_defaults(fn=_cmd_batch)
 
     d = sub.add_parser("demo", help="all three operators on a shipped sample image, flow vs baselines")
