@@ -103,3 +103,23 @@ def test_train_command(tmp_path, image_file):
     model = nfp.load_model(out)
     assert model.metadata["training"]["steps"] == 6
     assert main(["train", str(image_file), "--out", str(out), "--patch", "32"]) == 2
+
+
+@pytest.mark.parametrize("model", ["digits", "tiny"])
+def test_demo_runs_the_chosen_model_on_its_sample(tmp_path, tiny_model, capsys, model):
+    from PIL import Image
+
+    from napari_flow_prior.demo import sample_image
+
+    name, size = (str(tiny_model), 32) if model == "tiny" else ("digits", 28)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", name, "--size", str(size), "--iterations", "2", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for case in ("inpainting 80% missing", "deblurring sigma 2", "compr. sensing m/n 0.2"):
+        assert f"{case}" in table and table.count(case) >= 3  # the flow and at least two baselines
+    assert "flow prior (map)" in table and "nan" not in table.lower()
+    # the figure's first panel is the ground truth: the model's own sample (a file model: nuclei)
+    sheet = np.asarray(Image.open(out / "demo.png"))
+    truth = sample_image("nuclei" if model == "tiny" else "digits", size)
+    panel = sheet[4 + 16:4 + 16 + 2 * size:2, 4:4 + 2 * size:2]
+    np.testing.assert_array_equal(panel, (np.clip(truth, 0, 1) * 255).astype(np.uint8))

@@ -160,7 +160,7 @@ def _cmd_batch(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, size=args.size, iterations=args.iterations, device=args.device)
+    run_demo(out=args.out, size=args.size, model=args.model, iterations=args.iterations, device=args.device)
     return 0
 
 
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="all three operators on a shipped sample image, flow vs baselines")
     d.add_argument("--out", default="demo")
+    d.add_argument("--model", default="nuclei",
+                   help="shipped model name (run on its own sample image) or .safetensors file (run on the nuclei sample)")
     d.add_argument("--size", type=int, default=128, help="crop size of the sample images")
     d.add_argument("--iterations", type=int, default=None)
     d.add_argument("--device", default="auto")
