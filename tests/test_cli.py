@@ -109,7 +109,7 @@ def test_train_command(tmp_path, image_file):
 def test_demo_runs_the_chosen_model_on_its_sample(tmp_path, tiny_model, capsys, model):
     from PIL import Image
 
-    from napari_flow_prior.demo import sample_image
+    from napari_flow_prior.demo import FIGURE_CAPTION, FIGURE_PAD, FIGURE_SCALE, sample_image
 
     name, size = (str(tiny_model), 32) if model == "tiny" else ("digits", 28)
     out = tmp_path / "demo"
@@ -121,5 +121,6 @@ def test_demo_runs_the_chosen_model_on_its_sample(tmp_path, tiny_model, capsys, 
     # the figure's first panel is the ground truth: the model's own sample (a file model: nuclei)
     sheet = np.asarray(Image.open(out / "demo.png"))
     truth = sample_image("nuclei" if model == "tiny" else "digits", size)
-    panel = sheet[4 + 16:4 + 16 + 2 * size:2, 4:4 + 2 * size:2]
+    top, k = FIGURE_PAD + FIGURE_CAPTION, FIGURE_SCALE
+    panel = sheet[top:top + k * size:k, FIGURE_PAD:FIGURE_PAD + k * size:k]
     np.testing.assert_array_equal(panel, (np.clip(truth, 0, 1) * 255).astype(np.uint8))

@@ -11,6 +11,7 @@ import numpy as np
 SAMPLES = Path(__file__).parent / "data" / "samples"
 CASES = (("inpainting 80% missing", "mask:0.8"), ("deblurring sigma 2", "blur:2.0"),
          ("compr. sensing m/n 0.2", "cs:0.2"))
+FIGURE_SCALE, FIGURE_CAPTION, FIGURE_PAD = 2, 16, 4  # pixels per image pixel, caption height, gap
 
 
 def sample_image(name: str = "nuclei", size: int | None = None) -> np.ndarray:
@@ -62,12 +63,12 @@ def run_demo(out="demo", size: int = 128, model: str = "nuclei", noise_sigma: fl
     return rows
 
 
-def _figure(panels, path: Path, scale: int = 2) -> None:
+def _figure(panels, path: Path, scale: int = FIGURE_SCALE) -> None:
     """Rows of (image, caption) panels as one PNG (Pillow only)."""
     from PIL import Image, ImageDraw
 
     h, w = panels[0][0][0].shape
-    cap, pad = 16, 4
+    cap, pad = FIGURE_CAPTION, FIGURE_PAD
     ph, pw = h * scale + cap, w * scale
     sheet = Image.new("L", (len(panels[0]) * (pw + pad) + pad, len(panels) * (ph + pad) + pad), 255)
     draw = ImageDraw.Draw(sheet)
