@@ -1,5 +1,7 @@
 """The reconstruction engine on tiny models and images (CI-sized)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -268,7 +270,7 @@ def test_model_files_carry_their_own_solver_settings(model, image, tmp_path):
     from napari_flow_prior.solvers import solver_defaults
 
     own = {"map": {"mask": {"space": "latent", "weight": 0.7}}}
-    path = save_model(model, tmp_path / "own.safetensors", solver=own)
+    path = save_model(copy.deepcopy(model), tmp_path / "own.safetensors", solver=own)
     loaded = nfp.load_model(path)
     assert loaded.metadata["solver"] == own
     assert solver_defaults("map", "mask", loaded) == {**solver_defaults("map", "mask"), "space": "latent", "weight": 0.7}
@@ -281,7 +283,7 @@ def test_model_files_carry_their_own_solver_settings(model, image, tmp_path):
     assert result.params["space"] == "image" and result.params["weight"] == 0.2
     for bad in ({"map": {"mask": {"weight": "strong"}}}, {"map": {"disk": {}}}, {"fast": {}}, [1]):
         with pytest.raises(ValueError, match="solver settings"):
-            save_model(model, tmp_path / "bad.safetensors", solver=bad)
+            save_model(copy.deepcopy(model), tmp_path / "bad.safetensors", solver=bad)
     assert not (tmp_path / "bad.safetensors").exists()
 
 
@@ -303,10 +305,10 @@ def test_image_space_map_keeps_the_iterates_in_the_unit_box(model, image, tmp_pa
     start = np.clip(warm_start(y, op, 0.01), 0, 1)  # the solve's own (projected) start
     weight = boxed.params["weight"]
     assert map_objective(model, op, y, boxed.image, 0.01, weight) < map_objective(model, op, y, start, 0.01, weight)
-    own = save_model(model, tmp_path / "own.safetensors", solver={"map": {"blur": {"box": False}}})
+    own = save_model(copy.deepcopy(model), tmp_path / "own.safetensors", solver={"map": {"blur": {"box": False}}})
     assert nfp.reconstruct(y, op, nfp.load_model(own), space="image", iterations=2).params["box"] is False
     with pytest.raises(ValueError, match="solver settings"):
-        save_model(model, tmp_path / "bad.safetensors", solver={"map": {"blur": {"box": 1}}})
+        save_model(copy.deepcopy(model), tmp_path / "bad.safetensors", solver={"map": {"blur": {"box": 1}}})
 
 
 def test_space_argument_is_checked(model, image):
@@ -343,3 +345,56 @@ def test_latent_start_that_does_not_invert_starts_from_the_flow_mode():
     r = nfp.reconstruct(op.measure(smooth, noise_sigma=0.01, seed=0), op, model, space="latent",
                         iterations=5, device="cpu")
     assert "fallback" not in r.params
+
+
+def test_symmetry_frames_are_the_dihedral_group_and_invert():
+    from napari_flow_prior.solvers import FRAMES, from_frame, to_frame
+
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)  # not square: quarter turns swap height and width
+    seen = {tuple(to_frame(x, f).flatten().tolist()) for f in FRAMES}
+    assert len(seen) == 8 and FRAMES[0] == (0, False)
+    for f in FRAMES:
+        assert torch.equal(from_frame(to_frame(x, f), f), x)
+
+
+def test_ensemble_averages_solves_with_the_prior_in_each_frame(model, image):
+    """A member in frame F solves what the plain solver solves for the problem seen in F (image,
+    mask and start turned), turned back; the ensemble is the members' mean."""
+    from napari_flow_prior.solvers import FRAMES, from_frame, to_frame
+
+    op = OPERATORS["mask"](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    start = np.full(image.shape, 0.4, np.float32)
+    kwargs = dict(noise_sigma=0.01, iterations=12, space="image")
+    plain = nfp.reconstruct(y, op, model, init=start, **kwargs)
+    turn = lambda a: to_frame(torch.as_tensor(np.array(a)), FRAMES[1]).numpy()  # noqa: E731
+    turned = nfp.reconstruct(turn(y), ops.Mask(turn(op.observed_full)), model, init=turn(start), **kwargs)
+    member = from_frame(torch.as_tensor(turned.image), FRAMES[1]).numpy()
+    assert np.abs(member - plain.image).max() > 1e-3  # the frames' solves differ ...
+    steps = []
+    both = nfp.reconstruct(y, op, model, init=start, ensemble=2, callback=steps.append, **kwargs)
+    np.testing.assert_allclose(both.image, (plain.image + member) / 2, atol=1e-4)  # ... and are averaged
+    np.testing.assert_allclose(both.log_density, nfp.log_density(both.image, model), rtol=1e-5, atol=1e-5)
+    assert both.params["frames"] == [[0, False], [2, False]] and both.params["ensemble"] == 2
+    assert both.n_iter == 24 and [s.total for s in steps] == [24] * 24
+    assert [s.iteration for s in steps] == list(range(1, 25))
+    five = nfp.reconstruct(y, op, model, ensemble=5, **kwargs)  # quarter turns too
+    assert five.n_iter == 5 * 12 and len(five.params["frames"]) == 5 and np.isfinite(five.image).all()
+
+
+def test_ensemble_is_checked(model, image, tmp_path):
+
+
+    from napari_flow_prior.flows.files import save_model
+
+    op = OPERATORS["mask"](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    for bad in (0, 9, 2.5, True):
+        with pytest.raises(ValueError, match="ensemble must be an integer from 1 to 8"):
+            nfp.reconstruct(y, op, model, ensemble=bad, iterations=2)
+    oriented = save_model(copy.deepcopy(model), tmp_path / "oriented.safetensors",
+                          training={"config": {"augment": False}})
+    with pytest.raises(ValueError, match="trained without flips and rotations"):
+        nfp.reconstruct(y, op, nfp.load_model(oriented), ensemble=2, iterations=2)
+    own = save_model(copy.deepcopy(model), tmp_path / "own.safetensors", solver={"map": {"mask": {"ensemble": 3}}})
+    assert nfp.reconstruct(y, op, nfp.load_model(own), iterations=2).params["ensemble"] == 3
