@@ -4,7 +4,8 @@
 For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
 deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
 runs with its defaults except the optimisation space and the prior weight lambda, which take every
-``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N, ``SPACE:WEIGHT@N~LR`` also Adam's step size). SPACE is
+``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N, ``SPACE:WEIGHT@N~LR`` also Adam's step size,
+a final ``*K`` an ensemble of K symmetry frames: ``box:0.3@100*8``). SPACE is
 ``latent``, ``box`` (image space, iterates kept in [0, 1]: the engine's default) or ``image`` (image
 space with free iterates, ``box=False``: how image space ran before the box existed, so the cached
 ``image`` results stay valid). Images: ``--crops`` random crops of ``--size`` from
@@ -16,8 +17,8 @@ mean PSNR is written to ``--out``.
 Rule (declared before the runs): per (prior, operator) the config with the best mean validation
 PSNR among those run on all of its images (a config clearly losing on the first images may be
 left out of the rest to save time: ``--table-only`` tabulates what is cached); a config with a
-smaller iteration budget is preferred when its mean is within ``--tolerance`` dB (0.1) of the best,
-and the smallest such budget wins, so a prior does not spend iterations that buy nothing. ``--write`` stores those choices in the shipped model files' ``solver`` metadata, which
+smaller iteration budget (iterations times ensemble members) is preferred when its mean is within
+``--tolerance`` dB (0.1) of the best, and the smallest such budget wins, so a prior does not spend iterations that buy nothing. ``--write`` stores those choices in the shipped model files' ``solver`` metadata, which
 ``reconstruct`` uses as that model's defaults (``solvers.solver_defaults``).
 
     PYTHONPATH=src python benchmarks/tune_solver.py --models digits --configs image:0.3,latent:1,latent:10 [--write]
@@ -67,8 +68,10 @@ def weights_id(model) -> str:
 
 def parse_config(text: str, default_iterations: int) -> dict:
     """``SPACE:WEIGHT``, ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``) or
-    ``SPACE:WEIGHT@ITERATIONS~LR`` (Adam step size; default the engine's) as ``reconstruct``
-    settings: space, weight, iterations, box for image space, and lr when given."""
+    ``SPACE:WEIGHT@ITERATIONS~LR`` (Adam step size; default the engine's), each optionally followed
+    by ``*K`` (an ensemble of K frames), as ``reconstruct`` settings: space, weight, iterations,
+    box for image space, and lr and ensemble when given."""
+    text, _, members = text.partition("*")
     text, _, lr = text.partition("~")
     setting, _, iterations = text.partition("@")
     space, _, weight = setting.partition(":")
@@ -80,15 +83,22 @@ def parse_config(text: str, default_iterations: int) -> dict:
         settings["box"] = space == "box"
     if lr:
         settings["lr"] = float(lr)
+    if members:
+        settings["ensemble"] = int(members)
     return settings
 
 
 def choose(means: dict[str, float], default_iterations: int, tolerance: float) -> str:
-    """The config with the smallest iteration budget among those within ``tolerance`` dB of the
-    best mean PSNR (ties: the better mean)."""
+    """The config with the smallest iteration budget (iterations x ensemble members) among those
+    within ``tolerance`` dB of the best mean PSNR (ties: the better mean)."""
     best = max(means.values())
     close = [c for c in means if means[c] >= best - tolerance]
-    return min(close, key=lambda c: (parse_config(c, default_iterations)["iterations"], -means[c]))
+
+    def budget(config: str) -> int:
+        settings = parse_config(config, default_iterations)
+        return settings["iterations"] * settings.get("ensemble", 1)
+
+    return min(close, key=lambda c: (budget(c), -means[c]))
 
 
 def main() -> None:

@@ -61,6 +61,15 @@ def test_reconstruct_step_size_and_box_options(tmp_path, tiny_model, image_file,
     assert params["lr"] == 0.02 and params["box"] is box
 
 
+def test_reconstruct_ensemble_option(tmp_path, tiny_model, image_file):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "mask:0.5",
+                 "--simulate", "--iterations", "3", "--ensemble", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["ensemble"] == 2 and report["iterations"] == 6
+    assert report["params"]["frames"] == [[0, False], [2, False]]
+
+
 def test_reconstruct_measured_with_mask_file(tmp_path, tiny_model, image_file):
     missing = np.zeros((24, 24), np.uint8)
     missing[5:9, :] = 1  # dead rows

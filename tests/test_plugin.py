@@ -148,6 +148,13 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     widget.method.value = "latent"
     assert widget.space.native.isHidden()
 
+    # so does the ensemble of symmetry frames
+    widget.ensemble.value = 2
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    params = viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["params"]
+    assert params["ensemble"] == 2 and params["frames"] == [[0, False], [2, False]]
+
 
 def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
@@ -317,6 +324,8 @@ def test_plain_functions_without_viewer(models):
         run_reconstruction(image, "tiny", OperatorSpec("cs"), method="latent", space="latent")
     with pytest.raises(ValueError, match="space must be one of"):
         run_reconstruction(image, "tiny", OperatorSpec("cs"), space="pixels")
+    with pytest.raises(ValueError, match="ensemble must be an integer from 1 to 8"):
+        run_reconstruction(image, "tiny", OperatorSpec("cs"), ensemble=16)
 
 
 def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):

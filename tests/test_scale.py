@@ -318,8 +318,11 @@ def test_batch_passes_the_optimisation_space(tmp_path, batch_inputs):
     folder, model = batch_inputs
     out = tmp_path / "out"
     assert main(["batch", str(folder), "--out", str(out), "--model", str(model), "--operator", "mask:0.5",
-                 "--simulate", "--iterations", "2", "--space", "latent"]) == 0
-    assert json.loads((out / "img0" / "report.json").read_text())["params"]["space"] == "latent"
+                 "--simulate", "--iterations", "2", "--space", "latent", "--ensemble", "2"]) == 0
+    params = json.loads((out / "img0" / "report.json").read_text())["params"]
+    assert params["space"] == "latent" and params["ensemble"] == 2
     with pytest.raises(ValueError, match="space must be one of"):
         run_batch(folder, tmp_path / "bad", model=str(model), space="pixels", progress=False)
+    with pytest.raises(ValueError, match="ensemble must be an integer"):
+        run_batch(folder, tmp_path / "bad", model=str(model), ensemble=9, progress=False)
     assert not (tmp_path / "bad" / "img0").exists()

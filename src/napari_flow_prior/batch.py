@@ -70,13 +70,15 @@ def _items(source: Path, scratch: Path):
 
 def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
               simulate=False, iterations=None, weight=None, device="auto", seed=0, block=32,
-              space=None, lr=None, box=None, progress=True) -> dict:
+              space=None, lr=None, box=None, ensemble=None, progress=True) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc)."""
     from .cli import reconstruct_file
-    from .solvers import SPACES
+    from .solvers import FRAMES, SPACES
 
     if space is not None and space not in SPACES:  # fail once, not once per image
         raise ValueError(f"space must be one of {SPACES} or None, got {space!r}")
+    if ensemble is not None and not 1 <= ensemble <= len(FRAMES):
+        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {ensemble}")
 
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
                     done = reconstruct_file(path, model=model, operator=operator, noise=noise, method=method,
                                             out=target, simulate=simulate, iterations=iterations, weight=weight,
                                             device=device, seed=seed, block=block, space=space,
-                                            lr=lr, box=box)
+                                            lr=lr, box=box, ensemble=ensemble)
                     entry = {"status": "done", "seconds": round(time.time() - t0, 2)}
                     if "metrics" in done:
                         entry["psnr"] = done["metrics"]["flow"]["psnr"]

@@ -67,7 +67,7 @@ def _write_tif(path: Path, array) -> None:
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
                      out="reconstruction", simulate=False, mask=None, psf=None, iterations=None,
                      weight=None, device="auto", seed=0, baseline=False, block=32, space=None,
-                     lr=None, box=None) -> dict:
+                     lr=None, box=None, ensemble=None) -> dict:
     """The ``reconstruct`` command as a function: returns the report it writes as JSON."""
     import napari_flow_prior as nfp
 
@@ -109,7 +109,7 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     t0 = time.time()
     result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma,
                                                  iterations=iterations, weight=weight, space=space,
-                                                 lr=lr, box=box, device=device, seed=seed),
+                                                 lr=lr, box=box, ensemble=ensemble, device=device, seed=seed),
                            f"{method} {op.kind}")
     report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
                   device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
@@ -135,7 +135,8 @@ def _cmd_reconstruct(args) -> int:
     report = reconstruct_file(args.image, model=args.model, operator=args.operator, noise=args.noise,
                               method=args.method, out=args.out, simulate=args.simulate, mask=args.mask,
                               psf=args.psf, iterations=args.iterations, weight=args.weight, space=args.space,
-                              lr=args.lr, box=args.box, device=args.device, seed=args.seed, baseline=args.baseline, block=args.block)
+                              lr=args.lr, box=args.box, ensemble=args.ensemble, device=args.device, seed=args.seed,
+                              baseline=args.baseline, block=args.block)
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
     print(f"wrote {args.out}/ (reconstruction.tif, log_density.tif, report.json) in {report['seconds']} s")
@@ -148,7 +149,7 @@ def _cmd_batch(args) -> int:
     report = run_batch(args.input, args.out, model=args.model, operator=args.operator, noise=args.noise,
                        method=args.method, simulate=args.simulate, iterations=args.iterations,
                        weight=args.weight, device=args.device, seed=args.seed, block=args.block,
-                       space=args.space, lr=args.lr, box=args.box)
+                       space=args.space, lr=args.lr, box=args.box, ensemble=args.ensemble)
     print(f"{report['done']} done, {report['skipped']} skipped (already finished), {report['failed']} failed: "
           f"see {Path(args.out) / REPORT}")
     for name, entry in report["images"].items():
@@ -203,6 +204,9 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="Adam step size (default per model, method and operator)")
     p.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
                    help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="average K solves (1-8), each with the prior turned or mirrored: better, K times slower "
+                        "(default per model and operator)")
     p.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

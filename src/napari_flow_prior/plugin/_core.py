@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..__about__ import __version__
-from ..solvers import SPACES, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
+from ..solvers import FRAMES, SPACES, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
@@ -249,6 +249,7 @@ def run_reconstruction(
     iterations: int | None = None,
     weight: float | None = None,
     space: str | None = None,
+    ensemble: int | None = None,
     device: str = "auto",
     seed: int = 0,
     baseline: bool = False,
@@ -265,7 +266,8 @@ def run_reconstruction(
     ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
     ``"auto"``); NaN pixels count as missing for a mask. Intensities go through ``normalize`` with
     the model's settings and results come back in the input's units. ``iterations``, ``weight``
-    and ``space`` (where ``map`` optimises: "image" or "latent") default to the model's own.
+    ``space`` (where ``map`` optimises: "image" or "latent") and ``ensemble`` (solves averaged
+    over the prior's symmetry frames, 1 to 8) default to the model's own.
 
     Returns a generator (checks are done before it is returned) that yields :class:`Step` and
     returns layer-data tuples: ``<name> measurements`` (simulate mode: the masked or blurred image,
@@ -313,6 +315,8 @@ def run_reconstruction(
         raise ValueError(f"blur sigma must be > 0, got {operator.sigma}")
     if iterations is not None and iterations <= 0:
         iterations = None
+    if ensemble is not None and not 1 <= ensemble <= len(FRAMES):
+        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {ensemble}")
     model = resolve_model(model)
     shape = np.shape(data)
     layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}")
@@ -325,12 +329,12 @@ def run_reconstruction(
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
                                  method=method, iterations=iterations, weight=weight, space=space,
-                                 device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
+                                 ensemble=ensemble, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel)
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          method, iterations, weight, space, device, seed, baseline, name, layer_kwargs,
+                          method, iterations, weight, space, ensemble, device, seed, baseline, name, layer_kwargs,
                           image_kwargs, cancel):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
@@ -377,7 +381,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             truth = None
         label = _plane_text(layout, n, c)
         engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma,
-                                       iterations=iterations, weight=weight, space=space,
+                                       iterations=iterations, weight=weight, space=space, ensemble=ensemble,
                                        device=device, seed=seed, cancel=cancel)
         try:
             while True:

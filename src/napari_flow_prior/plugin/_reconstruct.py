@@ -64,6 +64,10 @@ class ReconstructWidget(Container):
                                                              ("latent space", "latent")], value=None,
                               tooltip="map only: optimise the image itself or its latent code z (x = G(z)); "
                                       "each shipped model carries the choice its validation images preferred")
+        self.ensemble = ComboBox(label="ensemble", choices=[("model default", None), ("1 solve", 1), ("2 frames", 2),
+                                                            ("4 frames", 4), ("8 frames", 8)], value=None,
+                                 tooltip="average solves with the prior turned and mirrored: a better estimate, "
+                                         "as many times slower; each shipped model carries its own choice")
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
@@ -73,7 +77,7 @@ class ReconstructWidget(Container):
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.operator, self.mask_source, self.missing_fraction,
             self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
-            self.weight, self.space, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
+            self.weight, self.space, self.ensemble, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
@@ -164,7 +168,8 @@ class ReconstructWidget(Container):
         return run_reconstruction(
             image.data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
-            space=self.space.value if self.method.value == "map" else None, device=self.device.value,
+            space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
+            device=self.device.value,
             seed=int(self.seed.value), baseline=bool(self.baseline.value),
             name=image.name, rgb=bool(image.rgb), layer_kwargs=layer_geometry(image),
             image_kwargs={"contrast_limits": contrast} if contrast else None,
