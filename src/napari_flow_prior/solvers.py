@@ -97,8 +97,9 @@ DEFAULTS = {
 # half turn and the two mirrors, then the quarter turns and the two transposes. A prior trained with
 # flips and 90-degree rotations rates an image and its rotations alike only on average: each frame
 # puts the image's pixels at other positions of the flow's squeeze grid and coupling masks, so the
-# MAP estimates of the frames differ in their errors, and their mean has fewer of them (on the
-# medical prior's validation crops, 80% missing: +0.74 dB for 8 frames; docs/evidence.md).
+# MAP estimates of the frames differ in their errors, and their mean has fewer of them (medical
+# prior, 8 frames, validation: +0.75 dB for inpainting, +0.71 dB for deblurring; docs/evidence.md
+# section 10).
 FRAMES = ((0, False), (2, False), (0, True), (2, True), (1, False), (3, False), (1, True), (3, True))
 Frame = tuple[int, bool]
 
@@ -666,15 +667,22 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
                   noise_sigma=first.noise_sigma)
 
 
-def _reconstruct_ensemble(y, op, model, frames, t0, **kwargs):
-    """The mean of one solve per symmetry frame (see ``FRAMES``), with its log-density."""
+def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
+    """The mean of one solve per symmetry frame (see ``FRAMES``), with its log-density; the
+    classical warm start is computed once for all of them."""
+    start = init
+    if isinstance(init, str) and init == "baseline":
+        from .baselines import warm_start
+
+        start = warm_start(y, op, kwargs["noise_sigma"])
     results = []
     for index, frame in enumerate(frames):
-        gen = reconstruct_steps(y, op, model, ensemble=1, _frame=frame, **kwargs)
+        gen = reconstruct_steps(y, op, model, ensemble=1, init=start, _frame=frame, **kwargs)
         results.append((yield from _part(gen, index, len(frames))))
     image = np.mean([r.image for r in results], axis=0).astype(np.float32)
     first = results[0]
-    params = {**first.params, "ensemble": len(frames), "frames": [list(f) for f in frames]}
+    params = {**first.params, "ensemble": len(frames), "frames": [list(f) for f in frames],
+              "init": init if isinstance(init, str) else "image"}
     return Result(image=image, log_density=log_density(image, model, device=first.device),
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
