@@ -380,6 +380,9 @@ def test_ensemble_averages_solves_with_the_prior_in_each_frame(model, image):
     assert [s.iteration for s in steps] == list(range(1, 25))
     five = nfp.reconstruct(y, op, model, ensemble=5, **kwargs)  # quarter turns too
     assert five.n_iter == 5 * 12 and len(five.params["frames"]) == 5 and np.isfinite(five.image).all()
+    tiled = nfp.reconstruct(y, op, model, ensemble=2, tile=8, overlap=4, **kwargs)  # each member in tiles
+    assert tiled.params["tiles"] > 1 and tiled.params["ensemble"] == 2 and tiled.image.shape == image.shape
+    assert np.isfinite(tiled.image).all() and tiled.n_iter == 2 * tiled.params["tiles"] * 12
 
 
 def test_ensemble_is_checked(model, image, tmp_path):
