@@ -73,7 +73,9 @@ def main() -> None:
     figures: dict = {"threads": args.threads, "torch": torch.__version__, "model": model.metadata.get("name")}
 
     def solve(y, op, iterations, **kw):
+        """One solve (ensemble=1: a model file's ensemble would multiply every time by its size)."""
         t0 = time.perf_counter()
+        kw.setdefault("ensemble", 1)
         r = nfp.reconstruct(y, op, model, noise_sigma=0.01, iterations=iterations, tol=0, device=args.device, **kw)
         if r.device.startswith("cuda"):
             torch.cuda.synchronize()

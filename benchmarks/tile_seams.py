@@ -87,7 +87,7 @@ def main() -> None:
             for how, tile in (("whole", 0), ("tiled", args.tile)):
                 t0 = time.perf_counter()
                 r = nfp.reconstruct(y, op, model, noise_sigma=0.01, tile=tile, overlap=args.overlap,
-                                    iterations=args.iterations)
+                                    iterations=args.iterations, ensemble=1)  # seams of one solve
                 row[how] = {"band": nfp.psnr(truth[bands], r.image[bands]),
                             "interior": nfp.psnr(truth[~bands], r.image[~bands]),
                             "all": float(nfp.psnr(truth, r.image)), "tiles": r.params.get("tiles", 1),
