@@ -73,12 +73,12 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
               space=None, lr=None, box=None, ensemble=None, progress=True) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc)."""
     from .cli import reconstruct_file
-    from .solvers import FRAMES, SPACES
+    from .solvers import SPACES, check_ensemble
 
     if space is not None and space not in SPACES:  # fail once, not once per image
         raise ValueError(f"space must be one of {SPACES} or None, got {space!r}")
-    if ensemble is not None and not 1 <= ensemble <= len(FRAMES):
-        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {ensemble}")
+    if ensemble is not None:
+        check_ensemble(ensemble)
 
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)

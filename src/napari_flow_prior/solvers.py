@@ -119,12 +119,17 @@ def from_frame(x: torch.Tensor, frame: Frame) -> torch.Tensor:
     return torch.rot90(x, -turns, (-2, -1)) if turns else x
 
 
+def check_ensemble(count) -> None:
+    """ValueError unless ``count`` is an ensemble size: an integer from 1 to len(FRAMES)."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= len(FRAMES):
+        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {count}")
+
+
 def symmetry_frames(model: FlowModel, count: int) -> tuple[Frame, ...]:
     """The first ``count`` of ``FRAMES`` for an ensemble with ``model``; a ValueError when the model
     was trained without flips and rotations (its metadata says so) and ``count`` > 1: then the
     other frames show it images unlike its training data (a digit upside down)."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= len(FRAMES):
-        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {count}")
+    check_ensemble(count)
     augmented = ((model.metadata.get("training") or {}).get("config") or {}).get("augment", True)
     if count > 1 and not augmented:
         raise ValueError(f"ensemble={count}: the model {model.metadata.get('name')!r} was trained without "

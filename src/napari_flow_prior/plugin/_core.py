@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..__about__ import __version__
-from ..solvers import FRAMES, SPACES, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
+from ..solvers import SPACES, check_ensemble, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
@@ -315,8 +315,8 @@ def run_reconstruction(
         raise ValueError(f"blur sigma must be > 0, got {operator.sigma}")
     if iterations is not None and iterations <= 0:
         iterations = None
-    if ensemble is not None and not 1 <= ensemble <= len(FRAMES):
-        raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {ensemble}")
+    if ensemble is not None:
+        check_ensemble(ensemble)
     model = resolve_model(model)
     shape = np.shape(data)
     layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}")
