@@ -529,13 +529,13 @@ def reconstruct_steps(
     def latent_start():
         """z = f(x0), or z = 0 (the flow's mode, x = G(0)) where x0 does not invert or init is "zero"."""
         zero = isinstance(init, str) and init == "zero"
-        code = None if zero else _encode_start(model, to_frame(x0, frame))
+        start = to_frame(x0, frame)
+        code = None if zero else _encode_start(model, start)
         if code is None and not zero:
             fall_back("the warm start does not invert exactly through the flow; started from z = 0")
         if code is None:
-            frame_hw = tuple(to_frame(x0, frame).shape[-2:])
-            code = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*frame_hw)],
-                          frame_hw)
+            hw = tuple(start.shape[-2:])
+            code = Latent([torch.zeros((1, *s), device=dev, dtype=dtype) for s in model.latent_shapes(*hw)], hw)
         return code.map(lambda p: p.detach().clone().requires_grad_(True))
 
     project = None  # what keeps the iterates feasible after each step (image-space box)
