@@ -70,6 +70,21 @@ def test_reconstruct_ensemble_option(tmp_path, tiny_model, image_file):
     assert report["params"]["frames"] == [[0, False], [2, False]]
 
 
+def test_reconstruct_posterior_writes_the_spread(tmp_path, tiny_model, image_file):
+    import tifffile
+
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "mask:0.5",
+                 "--simulate", "--method", "posterior", "--iterations", "6", "--chains", "3",
+                 "--temperature", "0.9", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "posterior" and report["iterations"] == 6
+    assert report["params"]["chains"] == 3 and report["params"]["temperature"] == 0.9
+    spread = tifffile.imread(out / "posterior_std.tif")  # in the input's units, like the reconstruction
+    assert spread.shape == tifffile.imread(out / "reconstruction.tif").shape and (spread >= 0).all()
+    assert spread.max() > 0
+
+
 def test_reconstruct_measured_with_mask_file(tmp_path, tiny_model, image_file):
     missing = np.zeros((24, 24), np.uint8)
     missing[5:9, :] = 1  # dead rows

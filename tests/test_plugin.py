@@ -155,6 +155,19 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     params = viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["params"]
     assert params["ensemble"] == 2 and params["frames"] == [[0, False], [2, False]]
 
+    # posterior sampling adds the samples' spread as a layer; chains are offered for it only
+    assert widget.chains.native.isHidden()
+    widget.ensemble.value = 1
+    widget.method.value = "posterior"
+    assert not widget.chains.native.isHidden() and widget.weight.native.isHidden()
+    widget.chains.value = 3
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    assert sorted(names(viewer)) == sorted(expected + ["cells posterior std"])
+    spread = viewer.layers["cells posterior std"]
+    assert spread.data.shape == (32, 32) and (spread.data >= 0).all() and spread.data.max() > 0
+    assert spread.metadata["napari_flow_prior"]["params"]["chains"] == 3
+
 
 def test_cancel_mid_run_leaves_viewer_unchanged(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()

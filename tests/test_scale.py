@@ -325,4 +325,6 @@ def test_batch_passes_the_optimisation_space(tmp_path, batch_inputs):
         run_batch(folder, tmp_path / "bad", model=str(model), space="pixels", progress=False)
     with pytest.raises(ValueError, match="ensemble must be an integer"):
         run_batch(folder, tmp_path / "bad", model=str(model), ensemble=9, progress=False)
+    with pytest.raises(ValueError, match="chains must be an integer"):
+        run_batch(folder, tmp_path / "bad", model=str(model), method="posterior", chains=0, progress=False)
     assert not (tmp_path / "bad" / "img0").exists()

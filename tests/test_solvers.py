@@ -45,7 +45,7 @@ OPERATORS = {
 }
 
 
-@pytest.mark.parametrize("method", ["map", "latent", "mle"])
+@pytest.mark.parametrize("method", ["map", "latent", "mle", "posterior"])
 @pytest.mark.parametrize("kind", OPERATORS)
 def test_methods_lower_the_data_misfit(model, image, kind, method):
     op = OPERATORS[kind](image.shape)
@@ -401,3 +401,76 @@ def test_ensemble_is_checked(model, image, tmp_path):
         nfp.reconstruct(y, op, nfp.load_model(oriented), ensemble=2, iterations=2)
     own = save_model(copy.deepcopy(model), tmp_path / "own.safetensors", solver={"map": {"mask": {"ensemble": 3}}})
     assert nfp.reconstruct(y, op, nfp.load_model(own), iterations=2).params["ensemble"] == 3
+
+
+def test_langevin_samples_the_gaussian_posterior_of_a_linear_prior():
+    """For a linear flow x = G z the posterior of x given y = A x + noise is Gaussian with a
+    closed form; the sampler's mean and per-pixel spread must match it."""
+    from napari_flow_prior.posterior import langevin
+
+    torch.manual_seed(0)
+    shape, n, sigma, temperature = (1, 2, 3), 6, 0.3, 0.8
+    g = torch.randn(n, n, dtype=torch.float64) * 0.4 + torch.eye(n, dtype=torch.float64)
+    model = nfp.build_model("linear", matrix=g, shape=shape).double()
+    op = ops.Mask(np.array([[True, False, True], [False, True, False]]))
+    a = torch.as_tensor(np.diag(op.observed.ravel().astype(float)))
+    y = torch.tensor([[0.7, 0.0, -0.4], [0.0, 0.2, 0.0]], dtype=torch.float64)
+    prior_cov = temperature ** 2 * g @ g.T
+    cov = torch.linalg.inv(torch.linalg.inv(prior_cov) + a.T @ a / sigma ** 2)
+    mean = cov @ a.T @ y.flatten() / sigma ** 2
+
+    chains = 128
+    code = nfp.Latent([torch.zeros(chains, *shape, dtype=torch.float64, requires_grad=True)], shape[1:])
+    misfit = lambda x: (op.forward(x[:, 0]) - y).pow(2).sum() / 2  # noqa: E731
+    gen = langevin(code, model.decode, misfit, sigma=sigma, iterations=800, step=0.1, temperature=temperature,
+                   keep=0.8, support=None, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    got_mean, got_std = (t.flatten() for t in stop.value.value)
+    want_std = cov.diagonal().sqrt()
+    np.testing.assert_allclose(got_mean, mean, atol=0.1 * float(want_std.min()))
+    np.testing.assert_allclose(got_std, want_std, rtol=0.1)
+
+
+def test_posterior_gives_the_mean_and_spread_of_samples(model, image):
+    missing = np.zeros(image.shape, bool)
+    missing[4:12, 4:12] = True  # a hole: inside it only the prior speaks
+    op = ops.Mask.from_missing(missing)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    kwargs = dict(method="posterior", noise_sigma=0.01, iterations=40, chains=4, seed=2)
+    steps = []
+    result = nfp.reconstruct(y, op, model, callback=steps.append, **kwargs)
+    assert result.std.shape == image.shape and result.std.dtype == np.float32 and (result.std >= 0).all()
+    # the data pin the observed pixels down to about their noise; the prior alone holds the hole
+    assert np.median(result.std[missing]) > 3 * np.median(result.std[~missing])
+    assert result.params["chains"] == 4 and result.n_iter == 40 and [s.iteration for s in steps] == list(range(1, 41))
+    assert np.array_equal(result.image, nfp.reconstruct(y, op, model, **kwargs).image)  # seeded
+    assert not np.array_equal(result.image, nfp.reconstruct(y, op, model, **{**kwargs, "seed": 3}).image)
+    scattered = ops.Mask.random(image.shape, missing_fraction=0.6, seed=1)  # every tile sees pixels
+    tiled = nfp.reconstruct(scattered.measure(image, 0.01, seed=0), scattered, model, tile=8, overlap=4, **kwargs)
+    assert tiled.params["tiles"] > 1 and tiled.std.shape == image.shape and np.isfinite(tiled.std).all()
+    assert nfp.reconstruct(y, op, model, method="map", iterations=3).std is None
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(nfp.Cancelled):
+        nfp.reconstruct(y, op, model, cancel=cancel, **kwargs)
+    assert calls["n"] == 4
+
+
+def test_posterior_settings_are_checked(model, image):
+    op = ops.Mask.random(image.shape, missing_fraction=0.6, seed=1)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    for bad in (0, 65, 2.5, True):
+        with pytest.raises(ValueError, match="chains must be an integer from 1 to 64"):
+            nfp.reconstruct(y, op, model, method="posterior", chains=bad, iterations=2)
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        nfp.reconstruct(y, op, model, method="posterior", temperature=0, iterations=2)
+    with pytest.raises(ValueError, match="weight= does not apply to method 'posterior'"):
+        nfp.reconstruct(y, op, model, method="posterior", weight=1.0, iterations=2)
+    with pytest.raises(ValueError, match="chains= does not apply to method 'map'"):
+        nfp.reconstruct(y, op, model, chains=4, iterations=2)

@@ -69,16 +69,18 @@ def _items(source: Path, scratch: Path):
 
 
 def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
-              simulate=False, iterations=None, weight=None, device="auto", seed=0, block=32,
-              space=None, lr=None, box=None, ensemble=None, progress=True) -> dict:
-    """Process every image of ``source`` into ``out``; returns the batch report (see module doc)."""
+              simulate=False, device="auto", seed=0, block=32, progress=True, **settings) -> dict:
+    """Process every image of ``source`` into ``out``; returns the batch report (see module doc).
+    ``settings`` are the solver's (``cli.SOLVER_OPTIONS``), as for ``reconstruct_file``."""
     from .cli import reconstruct_file
-    from .solvers import SPACES, check_ensemble
+    from .solvers import SPACES, check_ensemble, check_posterior
 
+    space, ensemble = settings.get("space"), settings.get("ensemble")
     if space is not None and space not in SPACES:  # fail once, not once per image
         raise ValueError(f"space must be one of {SPACES} or None, got {space!r}")
     if ensemble is not None:
         check_ensemble(ensemble)
+    check_posterior(settings.get("chains"), settings.get("temperature"))
 
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +104,8 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
                 try:
                     path = path() if callable(path) else path
                     done = reconstruct_file(path, model=model, operator=operator, noise=noise, method=method,
-                                            out=target, simulate=simulate, iterations=iterations, weight=weight,
-                                            device=device, seed=seed, block=block, space=space,
-                                            lr=lr, box=box, ensemble=ensemble)
+                                            out=target, simulate=simulate, device=device, seed=seed, block=block,
+                                            **settings)
                     entry = {"status": "done", "seconds": round(time.time() - t0, 2)}
                     if "metrics" in done:
                         entry["psnr"] = done["metrics"]["flow"]["psnr"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .solvers import METHODS
+
 OPERATOR_HELP = "mask:F (F = missing fraction), blur:SIGMA, or cs:RATIO (compressed sensing)"
 
 
@@ -65,10 +67,10 @@ def _write_tif(path: Path, array) -> None:
 
 
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
-                     out="reconstruction", simulate=False, mask=None, psf=None, iterations=None,
-                     weight=None, device="auto", seed=0, baseline=False, block=32, space=None,
-                     lr=None, box=None, ensemble=None) -> dict:
-    """The ``reconstruct`` command as a function: returns the report it writes as JSON."""
+                     out="reconstruction", simulate=False, mask=None, psf=None, device="auto", seed=0,
+                     baseline=False, block=32, **settings) -> dict:
+    """The ``reconstruct`` command as a function: returns the report it writes as JSON.
+    ``settings`` are the solver's (``SOLVER_OPTIONS``, None = the default), passed to ``reconstruct``."""
     import napari_flow_prior as nfp
 
     from .baselines import matching_baseline, run_baseline
@@ -107,10 +109,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
         y, scaling = nfp.normalize(np.nan_to_num(raw), observed=observed, model=prior)
         sigma = noise if noise == "auto" else float(noise)
     t0 = time.time()
-    result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma,
-                                                 iterations=iterations, weight=weight, space=space,
-                                                 lr=lr, box=box, ensemble=ensemble, device=device, seed=seed),
-                           f"{method} {op.kind}")
+    result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma, device=device,
+                                                 seed=seed, **settings), f"{method} {op.kind}")
     report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
                   device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
                   normalization={"low": scaling.low.ravel().tolist(), "high": scaling.high.ravel().tolist()})
@@ -118,6 +118,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     _write_tif(out / "reconstruction.tif", scaling.restore(result.image))
     _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"), scaling.restore(measured_view))
     _write_tif(out / "log_density.tif", result.log_density)
+    if result.std is not None:
+        _write_tif(out / "posterior_std.tif", scaling.restore_spread(result.std))
     estimates = {"flow": result.image}
     if baseline:
         name = matching_baseline(op)
@@ -134,12 +136,12 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
 def _cmd_reconstruct(args) -> int:
     report = reconstruct_file(args.image, model=args.model, operator=args.operator, noise=args.noise,
                               method=args.method, out=args.out, simulate=args.simulate, mask=args.mask,
-                              psf=args.psf, iterations=args.iterations, weight=args.weight, space=args.space,
-                              lr=args.lr, box=args.box, ensemble=args.ensemble, device=args.device, seed=args.seed,
-                              baseline=args.baseline, block=args.block)
+                              psf=args.psf, device=args.device, seed=args.seed, baseline=args.baseline,
+                              block=args.block, **_solver_settings(args))
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
-    print(f"wrote {args.out}/ (reconstruction.tif, log_density.tif, report.json) in {report['seconds']} s")
+    extra = ", posterior_std.tif" if args.method == "posterior" else ""
+    print(f"wrote {args.out}/ (reconstruction.tif, log_density.tif{extra}, report.json) in {report['seconds']} s")
     return 0
 
 
@@ -147,9 +149,8 @@ def _cmd_batch(args) -> int:
     from .batch import REPORT, run_batch
 
     report = run_batch(args.input, args.out, model=args.model, operator=args.operator, noise=args.noise,
-                       method=args.method, simulate=args.simulate, iterations=args.iterations,
-                       weight=args.weight, device=args.device, seed=args.seed, block=args.block,
-                       space=args.space, lr=args.lr, box=args.box, ensemble=args.ensemble)
+                       method=args.method, simulate=args.simulate, device=args.device, seed=args.seed,
+                       block=args.block, **_solver_settings(args))
     print(f"{report['done']} done, {report['skipped']} skipped (already finished), {report['failed']} failed: "
           f"see {Path(args.out) / REPORT}")
     for name, entry in report["images"].items():
@@ -195,18 +196,32 @@ def _cmd_models(args) -> int:
     return 0
 
 
+SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "box", "ensemble", "chains", "temperature")
+
+
+def _solver_settings(args) -> dict:
+    return {k: getattr(args, k) for k in SOLVER_OPTIONS}
+
+
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
-    """The solve's settings, shared by ``reconstruct`` and ``batch``."""
+    """The solve's settings (``SOLVER_OPTIONS``), shared by ``reconstruct`` and ``batch``."""
+    p.add_argument("--method", default="map", choices=list(METHODS),
+                   help="map (default), latent, mle, or posterior: the mean of posterior samples, "
+                        "with their per-pixel standard deviation (posterior_std.tif)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--weight", type=float, help="prior weight (default per model, method and operator)")
     p.add_argument("--space", choices=["image", "latent"],
                    help="where map optimises: the image or its latent code (default per model and operator)")
-    p.add_argument("--lr", type=float, help="Adam step size (default per model, method and operator)")
+    p.add_argument("--lr", type=float, help="Adam step size; for posterior the Langevin step factor "
+                   "(default per model, method and operator)")
     p.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
                    help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="average K solves (1-8), each with the prior turned or mirrored: better, K times slower "
                         "(default per model and operator)")
+    p.add_argument("--chains", type=int, help="posterior: Langevin chains run as one batch (default 8)")
+    p.add_argument("--temperature", type=float,
+                   help="posterior: the prior's temperature T, below 1 sharpens it (default 1, the exact posterior)")
     p.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -224,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="nuclei", help="shipped model name or .safetensors file")
     r.add_argument("--operator", default="mask:0.8", help=OPERATOR_HELP)
     r.add_argument("--noise", default="0.01", help="noise sigma on the [0, 1] scale, or 'auto'")
-    r.add_argument("--method", default="map", choices=["map", "latent", "mle"])
     r.add_argument("--out", default="reconstruction", help="output folder")
     r.add_argument("--simulate", action="store_true", help="IMAGE is the ground truth: measure it first and report metrics")
     r.add_argument("--mask", help="image file of the missing pixels (nonzero = missing), for measured data")
@@ -239,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="nuclei", help="shipped model name or .safetensors file")
     b.add_argument("--operator", default="mask:0.8", help=OPERATOR_HELP)
     b.add_argument("--noise", default="0.01", help="noise sigma on the [0, 1] scale, or 'auto'")
-    b.add_argument("--method", default="map", choices=["map", "latent", "mle"])
     b.add_argument("--simulate", action="store_true", help="inputs are ground truths: measure them first, report metrics")
     _add_solver_options(b)
     b.set_defaults(fn=_cmd_batch)

@@ -23,6 +23,10 @@ class Scaling:
     def restore(self, image01: np.ndarray) -> np.ndarray:
         return np.asarray(image01, np.float32) * (self.high - self.low) + self.low
 
+    def restore_spread(self, spread01: np.ndarray) -> np.ndarray:
+        """A spread (a standard deviation) on the [0, 1] scale in the input's units: no offset."""
+        return np.asarray(spread01, np.float32) * (self.high - self.low)
+
 
 def percentile_scaling(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.8,
                        observed: np.ndarray | None = None, channel_axis: int | None = None) -> Scaling:

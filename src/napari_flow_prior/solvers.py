@@ -8,7 +8,10 @@ Methods (``reconstruct(..., method=...)``):
 - ``"latent"``  minimise ||A G(z) - y||^2 + weight * ||z||^2 over the latent z (Asim et al.),
   from z = 0 or from the encoded pseudo-inverse (``init="pinv"``);
 - ``"mle"``  maximise p(x) subject to A x = y: only the unobserved pixels move for a mask; x stays
-  in y's affine space by projection for Matrix and GaussianProjection.
+  in y's affine space by projection for Matrix and GaussianProjection;
+- ``"posterior"``  the mean of p(x | y), sampled by annealed Langevin dynamics over the latent
+  code with ``chains`` chains in one batch (``posterior.langevin``); ``Result.std`` is the
+  samples' per-pixel standard deviation, where the data leave the image open.
 
 ``reconstruct_steps`` is the engine: a generator that yields ``Progress`` after each optimiser
 step and returns a ``Result``; closing it, or a ``cancel`` callable returning True, stops it
@@ -28,12 +31,13 @@ import numpy as np
 import torch
 
 from . import operators as ops
+from . import posterior
 from .devices import available_devices, resolve_device
 from .flows import FlowModel, Latent
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import Scaling, percentile_scaling
 
-METHODS = ("map", "latent", "mle")
+METHODS = ("map", "latent", "mle", "posterior")
 NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
 # memory_saving="auto" switches memory-saving gradients on for images of at least this many pixels
 # whose plain-autograd solve would take more than half the memory budget (see docs/scale.md)
@@ -62,6 +66,7 @@ class Result:
     method: str
     params: dict = field(default_factory=dict)
     noise_sigma: float | None = None
+    std: np.ndarray | None = None  # method "posterior": per-pixel standard deviation of the samples
 
 
 # Defaults per (method, operator kind): iterations, weight, optimiser, learning rate. Adam with a
@@ -84,12 +89,17 @@ class Result:
 _MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01, space="image", box=True, ensemble=1)
 _MLE = dict(iterations=300, optimizer="adam", lr=0.01, ensemble=1)
 _LATENT = dict(iterations=300, weight=0.0, optimizer="adam", lr=0.01, ensemble=1)
+# posterior: Langevin steps per chain, chains, the prior's temperature T, and lr = the step factor
+# (eta = lr * sigma_t^2; see posterior.py)
+_POSTERIOR = dict(iterations=300, chains=8, temperature=1.0, lr=0.5, ensemble=1)
 SPACES = ("image", "latent")
 DEFAULTS = {
     ("map", "mask"): _MAP, ("map", "blur"): _MAP, ("map", "cs"): _MAP, ("map", "matrix"): _MAP,
     ("latent", "mask"): _LATENT, ("latent", "blur"): _LATENT, ("latent", "cs"): _LATENT,
     ("latent", "matrix"): _LATENT,
     ("mle", "mask"): _MLE, ("mle", "cs"): _MLE, ("mle", "matrix"): _MLE,
+    ("posterior", "mask"): _POSTERIOR, ("posterior", "blur"): _POSTERIOR, ("posterior", "cs"): _POSTERIOR,
+    ("posterior", "matrix"): _POSTERIOR,
 }
 
 
@@ -387,6 +397,8 @@ def reconstruct_steps(
     space: str | None = None,
     box: bool | None = None,
     ensemble: int | None = None,
+    chains: int | None = None,
+    temperature: float | None = None,
     init: str | np.ndarray = "baseline",
     tol: float = 1e-5,
     device: str = "auto",
@@ -413,7 +425,9 @@ def reconstruct_steps(
     ``cuda_graph`` (True, False or "auto": on for Adam on a CUDA device) replays each objective
     and gradient evaluation as one CUDA graph; if capture fails the solve runs without it.
 
-    ``weight`` is the prior weight (lambda for map, gamma for latent); ``space`` ("image" or
+    ``weight`` is the prior weight (lambda for map, gamma for latent); ``chains`` and
+    ``temperature`` (posterior only) are the number of Langevin chains and the prior's temperature
+    T (``posterior.py``), whose step factor is ``lr``; ``space`` ("image" or
     "latent", map only) is where map optimises; ``box`` (map in image space) keeps the iterates
     in [0, 1], the prior's support (see ``_MAP``); ``ensemble`` (1 to 8) averages that many
     solves, each with the prior seen in another of the symmetry ``FRAMES`` (for priors trained with
@@ -432,9 +446,14 @@ def reconstruct_steps(
     if space is not None and method != "map":
         raise ValueError(f"space= applies to method 'map' only, not {method!r}")
     for key, value in (("iterations", iterations), ("weight", weight), ("optimizer", optimizer), ("lr", lr),
-                       ("space", space), ("box", box), ("ensemble", ensemble)):
+                       ("space", space), ("box", box), ("ensemble", ensemble), ("chains", chains),
+                       ("temperature", temperature)):
         if value is not None:
+            if key in ("weight", "optimizer", "chains", "temperature") and key not in settings:
+                raise ValueError(f"{key}= does not apply to method {method!r}")
             settings[key] = value
+    if method == "posterior":
+        check_posterior(settings["chains"], settings["temperature"], settings["lr"])
     if method == "map" and settings["space"] not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {settings['space']!r}")
     if isinstance(noise_sigma, str):
@@ -447,7 +466,8 @@ def reconstruct_steps(
     frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
     if len(frames) > 1:
         member = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
-                      optimizer=optimizer, lr=lr, space=space, box=box, init=init, tol=tol, device=device,
+                      optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
+                      init=init, tol=tol, device=device,
                       seed=seed, cancel=cancel, memory_saving=memory_saving, tile=tile, overlap=overlap,
                       memory_budget=memory_budget, cuda_graph=cuda_graph, _pixels=_pixels)
         return (yield from _reconstruct_ensemble(y, op, model, frames, t0, **member))
@@ -469,14 +489,18 @@ def reconstruct_steps(
         if method == "map" and settings["space"] == "latent":  # the decoder's graph is kept as well
             need += tiling.estimate_solve_bytes(model, op.shape, False)
             share = 2
+        elif method == "posterior":  # the chains are one batch, each with its decoder graph
+            share = int(settings["chains"])
+            need *= share
         tile = tiling.choose_tile(model, op, budget // share, memory_saving) if tiled and need > budget else 0
     if cuda_graph not in (True, False, "auto"):
         raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if cuda_graph is True and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device; this solve runs on {dev}")
-    use_graph = dev.type == "cuda" and settings["optimizer"] == "adam" and cuda_graph is not False
+    use_graph = (dev.type == "cuda" and settings.get("optimizer") == "adam" and cuda_graph is not False)
     tile_kwargs = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
-                       optimizer=optimizer, lr=lr, space=space, box=box, init=init, tol=tol, device=device, seed=seed, cancel=cancel,
+                       optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
+                       init=init, tol=tol, device=device, seed=seed, cancel=cancel,
                        memory_saving=memory_saving, cuda_graph=cuda_graph, _frame=frame)
     if tile:
         return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
@@ -575,6 +599,22 @@ def reconstruct_steps(
         def current():
             with torch.no_grad():
                 return from_frame(model.decode(latent), frame)
+    elif method == "posterior":
+        n_chains = int(settings["chains"])
+        code = latent_start().map(lambda p: p.detach().repeat(n_chains, *([1] * (p.dim() - 1))).requires_grad_(True))
+        params = code.parts
+        noise = torch.Generator().manual_seed(seed)
+
+        def samples(c):
+            return from_frame(model.decode(c), frame)
+
+        def misfit(x):
+            return (op.forward(x.reshape(n_chains, *shape)) - y_t).pow(2).sum() / 2
+
+        def sampler():
+            return posterior.langevin(code, samples, misfit, sigma=max(noise_sigma, NOISE_FLOOR), iterations=total,
+                                      step=float(settings["lr"]), temperature=float(settings["temperature"]),
+                                      generator=noise, cancel=cancel, cancelled=Cancelled, n_pixels=n_pixels)
     else:  # mle: maximise log p(x) on {x : A x = y}
         if op.kind == "mask":
             observed = torch.as_tensor(np.array(op.observed_full), device=dev).reshape(image_shape)
@@ -606,11 +646,12 @@ def reconstruct_steps(
         stack.enter_context(model.memory_saving_mode(memory_saving))
         stack.enter_context(model.cached_constants())
         try:
-            for it, value in _minimize(params, objective, iterations=total, optimizer=settings["optimizer"],
-                                       lr=float(settings["lr"]), tol=tol, cancel=cancel, graph=use_graph,
-                                       project=project):
-                losses.append(value)
-                yield Progress(it, total, value)
+            if method == "posterior":
+                steps = sampler()
+            else:
+                steps = _minimize(params, objective, iterations=total, optimizer=settings["optimizer"],
+                                  lr=float(settings["lr"]), tol=tol, cancel=cancel, graph=use_graph, project=project)
+            outcome = yield from _progress(steps, losses, total)
         except torch.OutOfMemoryError:
             if not auto_tile or dev.type == "cpu" or model.architecture.get("kind") == "linear" or op.kind == "matrix":
                 raise
@@ -624,7 +665,10 @@ def reconstruct_steps(
             return (yield from _reconstruct_tiled(y, op, model, small, overlap, t0, **{**tile_kwargs,
                                                                                       "memory_saving": True}))
 
-        x = current()
+        if method == "posterior":
+            x, std = (m.to(dtype).reshape(image_shape) for m in outcome)
+        else:
+            x, std = current(), None
         if not torch.isfinite(x).all():  # cannot happen after the guard above; never return NaN
             x = torch.nan_to_num(x, nan=0.5, posinf=1.0, neginf=0.0)
         with torch.no_grad():
@@ -634,9 +678,11 @@ def reconstruct_steps(
               "tol": tol, "seed": seed, "operator": op.describe(), "model": model.metadata.get("name"),
               "model_sha256": model.metadata.get("sha256"), "memory_saving": memory_saving, "tile": 0,
               "cuda_graph": use_graph, "frames": [list(frame)]}
+    if std is not None:
+        std = std.reshape(shape).cpu().numpy().astype(np.float32)
     return Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
                   n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
-                  params=params, noise_sigma=noise_sigma)
+                  params=params, noise_sigma=noise_sigma, std=std)
 
 
 def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **kwargs):
@@ -655,6 +701,7 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
             raise ValueError(f"init image has shape {tuple(init.shape)}, expected {tuple(op.shape)}")
     image = tiling.Blender(op.shape, overlap)
     density = tiling.Blender((h, w), overlap)
+    std = tiling.Blender(op.shape, overlap)
     results = []
     for index, t in enumerate(tiles):
         op_t, y_t = tiling.restrict(op, y, t)
@@ -664,12 +711,14 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
         results.append((yield from _part(gen, index, len(tiles))))
         image.add(t, results[-1].image)
         density.add(t, results[-1].log_density)
+        if results[-1].std is not None:
+            std.add(t, results[-1].std)
     first = results[0]
     params = {**first.params, "operator": op.describe(), "tile": tile, "overlap": overlap, "tiles": len(tiles)}
     return Result(image=image.result(), log_density=density.result(),
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
-                  noise_sigma=first.noise_sigma)
+                  noise_sigma=first.noise_sigma, std=std.result() if first.std is not None else None)
 
 
 def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
@@ -686,12 +735,40 @@ def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
         results.append((yield from _part(gen, index, len(frames))))
     image = np.mean([r.image for r in results], axis=0).astype(np.float32)
     first = results[0]
+    std = None
+    if first.std is not None:  # the members' samples pooled: within- plus between-member variance
+        var = np.mean([r.std ** 2 + (r.image - image) ** 2 for r in results], axis=0)
+        std = np.sqrt(var).astype(np.float32)
     params = {**first.params, "ensemble": len(frames), "frames": [list(f) for f in frames],
               "init": init if isinstance(init, str) else "image"}
     return Result(image=image, log_density=log_density(image, model, device=first.device),
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
-                  noise_sigma=first.noise_sigma)
+                  noise_sigma=first.noise_sigma, std=std)
+
+
+def _progress(steps, losses: list[float], total: int):
+    """Re-yield an optimiser's or sampler's (iteration, loss) as ``Progress``, recording the losses,
+    and return the generator's value."""
+    while True:
+        try:
+            it, value = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        losses.append(value)
+        yield Progress(it, total, value)
+
+
+def check_posterior(chains=None, temperature=None, step=None) -> None:
+    """ValueError unless the posterior settings given (not None) are valid: ``chains`` an integer
+    from 1 to 64, ``temperature`` and ``step`` (the Langevin step factor, ``lr``) positive."""
+    if chains is not None and (isinstance(chains, bool) or not isinstance(chains, (int, np.integer))
+                               or not 1 <= chains <= 64):
+        raise ValueError(f"chains must be an integer from 1 to 64, got {chains!r}")
+    for name, value in (("temperature", temperature), ("lr (the Langevin step factor)", step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < math.inf):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _part(gen, index: int, parts: int):

@@ -26,11 +26,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..__about__ import __version__
-from ..solvers import SPACES, check_ensemble, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
+from ..solvers import METHODS, SPACES, check_ensemble, check_posterior, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
-METHODS = ("map", "latent", "mle")
 DENSITY_UNIT = "nats/pixel"
 DENSITY_COLORMAP = "inferno"
 
@@ -250,6 +249,7 @@ def run_reconstruction(
     weight: float | None = None,
     space: str | None = None,
     ensemble: int | None = None,
+    chains: int | None = None,
     device: str = "auto",
     seed: int = 0,
     baseline: bool = False,
@@ -267,12 +267,15 @@ def run_reconstruction(
     ``"auto"``); NaN pixels count as missing for a mask. Intensities go through ``normalize`` with
     the model's settings and results come back in the input's units. ``iterations``, ``weight``
     ``space`` (where ``map`` optimises: "image" or "latent") and ``ensemble`` (solves averaged
-    over the prior's symmetry frames, 1 to 8) default to the model's own.
+    over the prior's symmetry frames, 1 to 8) default to the model's own; ``chains`` is the number
+    of Langevin chains of method ``posterior``.
 
     Returns a generator (checks are done before it is returned) that yields :class:`Step` and
     returns layer-data tuples: ``<name> measurements`` (simulate mode: the masked or blurred image,
     or the pseudo-inverse for projections), ``<name> reconstruction``, ``<name> log-density``
-    (nats/pixel) and, with ``baseline=True``, ``<name> baseline``. ``layer_kwargs`` (scale,
+    (nats/pixel), with method ``posterior`` ``<name> posterior std`` (the samples' per-pixel standard
+    deviation, input units: where the measurements leave the image open) and, with
+    ``baseline=True``, ``<name> baseline``. ``layer_kwargs`` (scale,
     translate, ...) go to every output, ``image_kwargs`` (e.g. contrast limits) to the image-valued
     ones. ``cancel()`` returning True stops the work within one optimiser evaluation (raising
     ``napari_flow_prior.Cancelled``); so does closing the generator.
@@ -317,6 +320,9 @@ def run_reconstruction(
         iterations = None
     if ensemble is not None:
         check_ensemble(ensemble)
+    if chains is not None and method != "posterior":
+        raise ValueError(f"chains is for method 'posterior', not {method!r}")
+    check_posterior(chains)
     model = resolve_model(model)
     shape = np.shape(data)
     layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}")
@@ -329,12 +335,12 @@ def run_reconstruction(
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
                                  method=method, iterations=iterations, weight=weight, space=space,
-                                 ensemble=ensemble, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
+                                 ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel)
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          method, iterations, weight, space, ensemble, device, seed, baseline, name, layer_kwargs,
+                          method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
                           image_kwargs, cancel):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
@@ -345,6 +351,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
     recon = np.zeros_like(stack)
     meas = np.zeros_like(stack) if mode == "simulate" else None
     base = np.zeros_like(stack) if baseline else None
+    spread = np.zeros_like(stack) if method == "posterior" else None
     density = np.zeros((layout.n_planes, *layout.hw), np.float32)
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "baseline_psnr": [], "baseline_ssim": []}
     first_params: dict = {}
@@ -382,7 +389,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         label = _plane_text(layout, n, c)
         engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma,
                                        iterations=iterations, weight=weight, space=space, ensemble=ensemble,
-                                       device=device, seed=seed, cancel=cancel)
+                                       chains=chains, device=device, seed=seed, cancel=cancel)
         try:
             while True:
                 try:
@@ -409,6 +416,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             restored = np.where(op.observed_full, plane, restored)
         recon[sl] = restored.reshape(recon[sl].shape)
         density[n] += result.log_density
+        if spread is not None:
+            spread[sl] = scaling.restore_spread(result.std).reshape(op_shape).reshape(spread[sl].shape)
         if meas is not None:
             shown = y if op.kind in ("mask", "blur") else op.pseudo_inverse(y)
             meas[sl] = scaling.restore(shown).reshape(meas[sl].shape)
@@ -464,6 +473,11 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         "name": f"{name} log-density", **spatial, "colormap": DENSITY_COLORMAP,
         "metadata": _provenance(model, {**info, "content": "log-density of the reconstruction",
                                         "unit": DENSITY_UNIT})}, "image"))
+    if spread is not None:
+        layers.append((layout.restore_shape(spread), {
+            "name": f"{name} posterior std", **spatial, **(rgb_kw or {"colormap": "magma"}),
+            "metadata": _provenance(model, {**info, "content": "per-pixel standard deviation of the posterior "
+                                            "samples, input units"})}, "image"))
     if base is not None:
         layers.append((layout.restore_shape(base), {
             "name": f"{name} baseline", **shown, **rgb_kw,

@@ -53,9 +53,10 @@ class ReconstructWidget(Container):
         self.block = SpinBox(label="block size", value=32, min=4, max=256)
         self.noise = LineEdit(label="noise sigma", value="0.01",
                               tooltip="noise standard deviation on the [0, 1] scale, or 'auto' (measured data)")
-        self.method = ComboBox(label="method", choices=["map", "latent", "mle"], value="map",
+        self.method = ComboBox(label="method", choices=["map", "latent", "mle", "posterior"], value="map",
                                tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
-                                       "latent code; mle: most likely image that fits exactly")
+                                       "latent code; mle: most likely image that fits exactly; posterior: "
+                                       "the mean of posterior samples, and their spread as an uncertainty map")
         self.iterations = SpinBox(label="iterations", value=0, min=0, max=100000,
                                   tooltip="0 = the method's default")
         self.weight = LineEdit(label="prior weight", value="default",
@@ -68,6 +69,9 @@ class ReconstructWidget(Container):
                                                             ("4 frames", 4), ("8 frames", 8)], value=None,
                                  tooltip="average solves with the prior turned and mirrored: a better estimate, "
                                          "as many times slower; each shipped model carries its own choice")
+        self.chains = SpinBox(label="chains", value=8, min=1, max=64,
+                              tooltip="posterior: Langevin chains sampled together (more: a smoother mean "
+                                      "and spread, proportionally slower)")
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
@@ -77,7 +81,7 @@ class ReconstructWidget(Container):
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.operator, self.mask_source, self.missing_fraction,
             self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
-            self.weight, self.space, self.ensemble, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
+            self.weight, self.space, self.ensemble, self.chains, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
@@ -106,7 +110,8 @@ class ReconstructWidget(Container):
 
         active = self.viewer.layers.selection.active
         if isinstance(active, Image) and not active.name.endswith((" reconstruction", " log-density",
-                                                                   " measurements", " baseline")):
+                                                                   " measurements", " baseline",
+                                                                   " posterior std")):
             try:
                 self.image.reset_choices()
                 if active in self.image.choices:
@@ -122,6 +127,8 @@ class ReconstructWidget(Container):
         self.sigma.visible = kind == "blur" and self.psf_source.value is None
         self.ratio.visible = self.block.visible = kind == "cs"
         self.space.visible = self.method.value == "map"
+        self.chains.visible = self.method.value == "posterior"
+        self.weight.visible = self.method.value in ("map", "latent")
 
     # run --------------------------------------------------------------------------------
     def _missing_from_layer(self, layer, image) -> np.ndarray:
@@ -159,7 +166,7 @@ class ReconstructWidget(Container):
             spec.missing = self._missing_from_layer(self.mask_source.value, image)
         if kind == "blur" and self.psf_source.value is not None:
             spec.psf = np.asarray(self.psf_source.value.data, np.float64)
-        weight = self.weight.value.strip().lower()
+        weight = self.weight.value.strip().lower() if self.method.value in ("map", "latent") else ""
         try:
             weight = None if weight in ("", "default", "auto") else float(weight)
         except ValueError:
@@ -169,7 +176,7 @@ class ReconstructWidget(Container):
             image.data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
             space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
-            device=self.device.value,
+            chains=int(self.chains.value) if self.method.value == "posterior" else None, device=self.device.value,
             seed=int(self.seed.value), baseline=bool(self.baseline.value),
             name=image.name, rgb=bool(image.rgb), layer_kwargs=layer_geometry(image),
             image_kwargs={"contrast_limits": contrast} if contrast else None,
