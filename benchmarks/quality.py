@@ -67,7 +67,7 @@ from tune_baselines import (  # noqa: E402
 RESULTS = HERE / "results"
 MODELS = ("nuclei", "medical", "digits")
 OOD = ("camera", "moon", "brick", "retina")
-FLOW_METHODS = ("map", "latent", "mle")
+FLOW_METHODS = ("map", "latent", "mle", "posterior")
 TARGETS = {"inpaint_random80": 3.0, "blur2_n0.01": 3.0, "cs0.2": 2.0}  # in-domain map margins
 
 
@@ -299,6 +299,7 @@ def _cell(stats) -> str:
 def tables(entries: list[dict]) -> str:
     summary = summarise(entries)
     lines = []
+    post = any(("flow", "posterior") in m for m in summary.values())  # optional columns
     keys = sorted(summary, key=lambda k: (MODELS.index(k[0]) if k[0] in MODELS else 9, k[0],
                                           k[1] != "in", list(ROWS).index(k[2])))
     lines += ["## Summary: mean PSNR dB / SSIM", "",
@@ -309,8 +310,9 @@ def tables(entries: list[dict]) -> str:
               "because the ground truth's own white pixel noise is not in the measurements "
               "(`noise_floor_psnr`; 100 = clean image).", "",
               "| model | set | row | n | flow map | flow latent | flow mle | best tuned baseline "
-              "| margin | best oracle | map - oracle | noise floor |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| margin | best oracle | map - oracle | noise floor |" + (" flow posterior | posterior margin |" if
+                                                                     post else ""),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if post else "")]
     checks = []
     for k in keys:
         m = summary[k]
@@ -331,7 +333,7 @@ def tables(entries: list[dict]) -> str:
             f"{'' if math.isnan(margin) else f'{margin:+.2f}'} | "
             f"{(best_o + ' ' + _cell(orac[best_o])) if best_o else ''} | "
             f"{'' if math.isnan(margin_o) else f'{margin_o:+.2f}'} | "
-            f"{floor_cell} |")
+            f"{floor_cell} |" + (_posterior_cells(m.get(("flow", "posterior")), tuned, best) if post else ""))
         if not math.isnan(margin) and k[2] in TARGETS:  # ood: above the best tuned baseline
             checks.append((k, margin, TARGETS[k[2]] if k[1] == "in" else 0.0))
     if checks:
@@ -368,6 +370,14 @@ def tables(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _posterior_cells(fp, tuned, best) -> str:
+    """The summary's optional cells: flow posterior, and its margin over the best tuned baseline."""
+    if not fp:
+        return " | |"
+    margin = f"{fp['psnr'] - tuned[best]['psnr']:+.2f}" if best and not math.isnan(fp["psnr"]) else ""
+    return f" {_cell(fp)} | {margin} |"
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -382,7 +392,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=None,
                     help="flow iterations (default: reconstruct's per-operator defaults)")
     ap.add_argument("--flow-methods", default="map,latent,mle",
-                    help="latent and mle run on the headline rows only")
+                    help="map, latent, mle, posterior; all but map run on the headline rows only")
     ap.add_argument("--baseline-params", choices=("operator", "library"), default="operator")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--no-oracle", action="store_true")

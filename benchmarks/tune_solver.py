@@ -192,7 +192,8 @@ def main() -> None:
     if args.write:
         for name, kinds in chosen.items():
             model = nfp.load_model(name)
-            solver = {"map": {**(model.metadata.get("solver") or {}).get("map", {}), **kinds}}
+            own = model.metadata.get("solver") or {}  # other methods' settings stay
+            solver = {**own, "map": {**own.get("map", {}), **kinds}}
             if "cs" in kinds:  # a dense Matrix is compressed sensing too
                 solver["map"]["matrix"] = kinds["cs"]
             save_model(model, model.metadata["path"], solver=solver)

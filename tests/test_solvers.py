@@ -405,7 +405,8 @@ def test_ensemble_is_checked(model, image, tmp_path):
 
 def test_langevin_samples_the_gaussian_posterior_of_a_linear_prior():
     """For a linear flow x = G z the posterior of x given y = A x + noise is Gaussian with a
-    closed form; the sampler's mean and per-pixel spread must match it."""
+    closed form; the sampler's mean and per-pixel spread must match it (Metropolis-adjusted, so
+    only Monte Carlo error remains)."""
     from napari_flow_prior.posterior import langevin
 
     torch.manual_seed(0)
@@ -421,16 +422,17 @@ def test_langevin_samples_the_gaussian_posterior_of_a_linear_prior():
 
     chains = 128
     code = nfp.Latent([torch.zeros(chains, *shape, dtype=torch.float64, requires_grad=True)], shape[1:])
-    misfit = lambda x: (op.forward(x[:, 0]) - y).pow(2).sum() / 2  # noqa: E731
+    misfit = lambda x: (op.forward(x[:, 0]) - y).pow(2).flatten(1).sum(1) / 2  # noqa: E731
     gen = langevin(code, model.decode, misfit, sigma=sigma, iterations=800, step=0.1, temperature=temperature,
-                   keep=0.8, support=None, generator=torch.Generator().manual_seed(0))
+                   anneal=0.2, keep=0.8, support=None, generator=torch.Generator().manual_seed(0))
     with pytest.raises(StopIteration) as stop:
         while True:
             next(gen)
-    got_mean, got_std = (t.flatten() for t in stop.value.value)
+    got_mean, got_std = (t.flatten() for t in stop.value.value[:2])
+    assert 0.3 < stop.value.value[2]["acceptance"] < 0.9  # the steps adapted towards 0.574
     want_std = cov.diagonal().sqrt()
-    np.testing.assert_allclose(got_mean, mean, atol=0.1 * float(want_std.min()))
-    np.testing.assert_allclose(got_std, want_std, rtol=0.1)
+    assert (np.abs(got_mean - mean) < 0.08 * want_std).all(), (got_mean, mean)
+    np.testing.assert_allclose(got_std, want_std, rtol=0.05)
 
 
 def test_posterior_gives_the_mean_and_spread_of_samples(model, image):
@@ -438,17 +440,20 @@ def test_posterior_gives_the_mean_and_spread_of_samples(model, image):
     missing[4:12, 4:12] = True  # a hole: inside it only the prior speaks
     op = ops.Mask.from_missing(missing)
     y = op.measure(image, noise_sigma=0.01, seed=0)
-    kwargs = dict(method="posterior", noise_sigma=0.01, iterations=40, chains=4, seed=2)
+    kwargs = dict(method="posterior", noise_sigma=0.01, iterations=200, chains=4, seed=2)
     steps = []
     result = nfp.reconstruct(y, op, model, callback=steps.append, **kwargs)
     assert result.std.shape == image.shape and result.std.dtype == np.float32 and (result.std >= 0).all()
     # the data pin the observed pixels down to about their noise; the prior alone holds the hole
-    assert np.median(result.std[missing]) > 3 * np.median(result.std[~missing])
-    assert result.params["chains"] == 4 and result.n_iter == 40 and [s.iteration for s in steps] == list(range(1, 41))
-    assert np.array_equal(result.image, nfp.reconstruct(y, op, model, **kwargs).image)  # seeded
-    assert not np.array_equal(result.image, nfp.reconstruct(y, op, model, **{**kwargs, "seed": 3}).image)
+    assert np.median(result.std[missing]) > 2.5 * np.median(result.std[~missing])
+    assert 0.2 < result.params["acceptance"] < 0.9 and len(result.params["step"]) == 4
+    assert result.params["chains"] == 4 and result.n_iter == 200 and [s.iteration for s in steps] == list(range(1, 201))
+    short = {**kwargs, "iterations": 20}
+    first = nfp.reconstruct(y, op, model, **short)
+    assert np.array_equal(first.image, nfp.reconstruct(y, op, model, **short).image)  # seeded
+    assert not np.array_equal(first.image, nfp.reconstruct(y, op, model, **{**short, "seed": 3}).image)
     scattered = ops.Mask.random(image.shape, missing_fraction=0.6, seed=1)  # every tile sees pixels
-    tiled = nfp.reconstruct(scattered.measure(image, 0.01, seed=0), scattered, model, tile=8, overlap=4, **kwargs)
+    tiled = nfp.reconstruct(scattered.measure(image, 0.01, seed=0), scattered, model, tile=8, overlap=4, **short)
     assert tiled.params["tiles"] > 1 and tiled.std.shape == image.shape and np.isfinite(tiled.std).all()
     assert nfp.reconstruct(y, op, model, method="map", iterations=3).std is None
     calls = {"n": 0}

@@ -609,7 +609,7 @@ def reconstruct_steps(
             return from_frame(model.decode(c), frame)
 
         def misfit(x):
-            return (op.forward(x.reshape(n_chains, *shape)) - y_t).pow(2).sum() / 2
+            return (op.forward(x.reshape(n_chains, *shape)) - y_t).pow(2).flatten(1).sum(1) / 2
 
         def sampler():
             return posterior.langevin(code, samples, misfit, sigma=max(noise_sigma, NOISE_FLOOR), iterations=total,
@@ -666,7 +666,8 @@ def reconstruct_steps(
                                                                                       "memory_saving": True}))
 
         if method == "posterior":
-            x, std = (m.to(dtype).reshape(image_shape) for m in outcome)
+            x, std = (m.to(dtype).reshape(image_shape) for m in outcome[:2])
+            settings.update(outcome[2])  # the sampler's acceptance rate and adapted steps
         else:
             x, std = current(), None
         if not torch.isfinite(x).all():  # cannot happen after the guard above; never return NaN
