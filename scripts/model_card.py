@@ -72,8 +72,9 @@ def solver_table(model) -> str:
     if not rows:
         return "None: `reconstruct` uses the engine's defaults (`solvers.DEFAULTS`)."
     lines = ["`reconstruct` uses these when the caller gives none (`solvers.solver_defaults`); they were",
-             "chosen on validation images by `benchmarks/tune_solver.py` (a dense `Matrix` takes the",
-             "compressed-sensing choice); everything else is the engine's default.", "",
+             "chosen on validation images by `benchmarks/tune_solver.py` (map; a dense `Matrix` takes the",
+             "compressed-sensing choice) and `benchmarks/tune_posterior.py` (posterior); everything else is",
+             "the engine's default.", "",
              "| method | operator | settings |", "|---|---|---|"]
     lines += [f"| {m} | {k} | " + ", ".join(f"{key} {value}" for key, value in sorted(v.items())) + " |" for m, k, v in rows]
     return "\n".join(lines)

@@ -59,7 +59,7 @@ def langevin(
     iterations: int,
     step: float = 0.5,
     temperature: float = 1.0,
-    sigma_start: float = 0.3,
+    sigma_start: float = 1.0,
     anneal: float = 0.6,
     keep: float = 0.3,
     acceptance: float = 0.574,
