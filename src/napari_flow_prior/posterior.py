@@ -69,7 +69,7 @@ def langevin(
     cancelled: type[Exception] = RuntimeError,
     n_pixels: float = 1.0,
 ) -> Iterator[tuple[int, float]]:
-    """Generator: annealed, Metropolis-adjusted Langevin sampling over the chains of ``code`` (its
+    """Generator: annealed, Metropolis-adjusted Langevin sampling from the chains of ``code`` (its
     batch axis); yields (iteration, mean energy per chain / ``n_pixels``) and returns the
     per-pixel mean and standard deviation of the decoded samples ``image(code)`` (shape
     (chains, ...)) over every chain and kept iteration, each sample clipped to ``support`` (the
@@ -114,6 +114,7 @@ def langevin(
     if grads is None or not torch.isfinite(m).all():
         raise ValueError("the posterior sampler's start gives a non-finite misfit")
     chains = z[0].shape[0]
+    shape = lambda t: t.view(-1, *([1] * (z[0].dim() - 1)))  # noqa: E731  (per-chain scalars on the parts)
     h = torch.full((chains,), float(step), dtype=torch.float64)
     moments = _Moments()
     accepted_kept, proposals_kept = 0, 0
@@ -124,7 +125,6 @@ def langevin(
         sigma_t = sigma_start * (sigma / sigma_start) ** min(1.0, it / anneal_steps)
         s2 = sigma_t ** 2
         eta = (h * s2).to(z[0].dtype)
-        shape = lambda t: t.view(-1, *([1] * (z[0].dim() - 1)))  # noqa: E731  (per-chain scalars)
         d = drift(z, grads, s2)
         noise = [torch.randn(p.shape, generator=generator, dtype=p.dtype, device="cpu").to(p.device) for p in z]
         proposal = [p - shape(eta) * g + shape((2 * eta).sqrt()) * n for p, g, n in zip(z, d, noise)]
@@ -158,9 +158,6 @@ def langevin(
         if it >= first_kept:
             moments.add(_clip(x, support))
         yield it + 1, float(energy(m, squared, s2).mean()) / n_pixels
-    with torch.no_grad():
-        for p, q in zip(code.parts, z):
-            p.copy_(q)
     info = {"acceptance": round(accepted_kept / proposals_kept, 3) if proposals_kept else None,
             "step": [round(float(v), 5) for v in h]}
     return moments.mean(), moments.std(), info

@@ -463,13 +463,14 @@ def reconstruct_steps(
     noise_sigma = float(noise_sigma)
     if not noise_sigma >= 0:
         raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
+    passed = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
+                  optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
+                  init=init, tol=tol, device=device, seed=seed, cancel=cancel, cuda_graph=cuda_graph)
     frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
-    if len(frames) > 1:
-        member = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
-                      optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
-                      init=init, tol=tol, device=device,
-                      seed=seed, cancel=cancel, memory_saving=memory_saving, tile=tile, overlap=overlap,
-                      memory_budget=memory_budget, cuda_graph=cuda_graph, _pixels=_pixels)
+    if len(frames) > 1:  # each member decides its own memory saving and tiles
+        member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
+                      memory_budget=memory_budget, _pixels=_pixels)
         return (yield from _reconstruct_ensemble(y, op, model, frames, t0, **member))
     frame = frames[0]
     dev = resolve_device(device)
@@ -497,11 +498,8 @@ def reconstruct_steps(
         raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
     if cuda_graph is True and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device; this solve runs on {dev}")
-    use_graph = (dev.type == "cuda" and settings.get("optimizer") == "adam" and cuda_graph is not False)
-    tile_kwargs = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
-                       optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
-                       init=init, tol=tol, device=device, seed=seed, cancel=cancel,
-                       memory_saving=memory_saving, cuda_graph=cuda_graph, _frame=frame)
+    use_graph = dev.type == "cuda" and settings.get("optimizer") == "adam" and cuda_graph is not False
+    tile_kwargs = dict(passed, memory_saving=memory_saving, _frame=frame)
     if tile:
         return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
     torch.manual_seed(seed)
@@ -601,8 +599,7 @@ def reconstruct_steps(
                 return from_frame(model.decode(latent), frame)
     elif method == "posterior":
         n_chains = int(settings["chains"])
-        code = latent_start().map(lambda p: p.detach().repeat(n_chains, *([1] * (p.dim() - 1))).requires_grad_(True))
-        params = code.parts
+        code = latent_start().map(lambda p: p.detach().repeat(n_chains, *([1] * (p.dim() - 1))))
         noise = torch.Generator().manual_seed(seed)
 
         def samples(c):

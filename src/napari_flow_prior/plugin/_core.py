@@ -417,7 +417,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         recon[sl] = restored.reshape(recon[sl].shape)
         density[n] += result.log_density
         if spread is not None:
-            spread[sl] = scaling.restore_spread(result.std).reshape(op_shape).reshape(spread[sl].shape)
+            spread[sl] = scaling.restore_spread(result.std).reshape(spread[sl].shape)
         if meas is not None:
             shown = y if op.kind in ("mask", "blur") else op.pseudo_inverse(y)
             meas[sl] = scaling.restore(shown).reshape(meas[sl].shape)

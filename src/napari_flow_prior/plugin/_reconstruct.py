@@ -18,7 +18,7 @@ from magicgui.widgets import (
 )
 
 from ._common import JobRunner, ModelChooser, buttons, layer_geometry, put_layers
-from ._core import OperatorSpec, run_reconstruction
+from ._core import METHODS, OperatorSpec, run_reconstruction
 
 if TYPE_CHECKING:
     import napari
@@ -53,7 +53,7 @@ class ReconstructWidget(Container):
         self.block = SpinBox(label="block size", value=32, min=4, max=256)
         self.noise = LineEdit(label="noise sigma", value="0.01",
                               tooltip="noise standard deviation on the [0, 1] scale, or 'auto' (measured data)")
-        self.method = ComboBox(label="method", choices=["map", "latent", "mle", "posterior"], value="map",
+        self.method = ComboBox(label="method", choices=list(METHODS), value="map",
                                tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
                                        "latent code; mle: most likely image that fits exactly; posterior: "
                                        "the mean of posterior samples, and their spread as an uncertainty map")
