@@ -120,6 +120,26 @@ def test_tiled_and_whole_image_agree_in_the_interior(tiny, image, kind):
     assert np.abs(whole.log_density - tiled.log_density)[8:-8, 8:-8].mean() < 0.05
 
 
+def test_a_tile_inside_a_hole_is_filled_from_its_neighbours(tiny, image):
+    missing = np.zeros(image.shape, bool)
+    missing[10:54, 10:54] = True  # the centre tile (16:48, 16:48) observes nothing
+    op = ops.Mask.from_missing(missing)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    kw = dict(noise_sigma=0.01, iterations=30, tol=0, init=np.full(image.shape, 0.5, np.float32))
+    whole = nfp.reconstruct(y, op, tiny, tile=0, **kw)
+    tiled = nfp.reconstruct(y, op, tiny, tile=32, overlap=16, **kw)
+    assert tiled.params["tiles"] == 9 and tiled.params["tiles_inside_holes"] == 1
+    assert np.isfinite(tiled.image).all()
+    assert np.abs(whole.image - tiled.image)[missing].mean() < 0.02
+    blind = tiling.Tile(16, 48, 16, 48)
+    with pytest.raises(ValueError, match="no solved tile overlaps"):
+        tiling.restrict_to_neighbours(tiling.Blender(image.shape, 0), blind)
+    blend = tiling.Blender(image.shape, 16)
+    blend.add(tiling.Tile(0, 32, 0, 32), np.full((32, 32), 0.7))
+    sub, y_t = tiling.restrict_to_neighbours(blend, blind)
+    assert sub.observed_full.sum() == 16 * 16 and np.allclose(y_t[:16, :16], 0.7) and not y_t[16:].any()
+
+
 def test_unaligned_tiles_are_an_error(tiny, image):
     op = ops.GaussianProjection(image.shape, ratio=0.5, seed=0, block=8)
     y = op.measure(image, seed=0)

@@ -693,17 +693,33 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
     tiles = tiling.plan_tiles(h, w, tile, overlap, align)
     if isinstance(noise_sigma, str):  # one estimate for the whole image, not one per tile
         noise_sigma = estimate_noise_sigma(y, op)
-    if not isinstance(init, str):
-        init = np.asarray(init)
-        if tuple(init.shape) != tuple(op.shape):
-            raise ValueError(f"init image has shape {tuple(init.shape)}, expected {tuple(op.shape)}")
+    start = init
+    if isinstance(init, str) and init == "baseline":  # one classical start for the whole image, so
+        from .baselines import warm_start               # tiles (and holes wider than one) agree
+
+        start = warm_start(y, op, noise_sigma)
+    if not isinstance(start, str):
+        start = np.asarray(start)
+        if tuple(start.shape) != tuple(op.shape):
+            raise ValueError(f"init image has shape {tuple(start.shape)}, expected {tuple(op.shape)}")
     image = tiling.Blender(op.shape, overlap)
     density = tiling.Blender((h, w), overlap)
     std = tiling.Blender(op.shape, overlap)
     results = []
-    for index, t in enumerate(tiles):
-        op_t, y_t = tiling.restrict(op, y, t)
-        init_t = init if isinstance(init, str) else init[..., t.r0:t.r1, t.c0:t.c1]
+    # tiles inside a hole wider than a tile (no observed pixel) come last, filled from their
+    # solved neighbours, the one with the most solved context first
+    queue = [t for t in tiles if tiling.observes(op, t)]
+    blind = [t for t in tiles if t not in queue]
+    n_blind = len(blind)
+    for index in range(len(tiles)):
+        if queue:
+            t = queue.pop(0)
+            op_t, y_t = tiling.restrict(op, y, t)
+        else:
+            t = max(blind, key=lambda b: image.covered(b).sum())
+            blind.remove(t)
+            op_t, y_t = tiling.restrict_to_neighbours(image, t)
+        init_t = start if isinstance(start, str) else start[..., t.r0:t.r1, t.c0:t.c1]
         gen = reconstruct_steps(y_t, op_t, model, init=init_t, noise_sigma=noise_sigma, tile=0,
                                 _pixels=float(np.prod(op.shape)), **kwargs)
         results.append((yield from _part(gen, index, len(tiles))))
@@ -712,7 +728,8 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
         if results[-1].std is not None:
             std.add(t, results[-1].std)
     first = results[0]
-    params = {**first.params, "operator": op.describe(), "tile": tile, "overlap": overlap, "tiles": len(tiles)}
+    params = {**first.params, "operator": op.describe(), "tile": tile, "overlap": overlap, "tiles": len(tiles),
+              "tiles_inside_holes": n_blind, "init": init if isinstance(init, str) else "image"}
     return Result(image=image.result(), log_density=density.result(),
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,

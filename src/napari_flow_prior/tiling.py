@@ -205,6 +205,15 @@ class Blender:
     def result(self) -> np.ndarray:
         return (self.acc / self.wsum).astype(np.float32)
 
+    def covered(self, t: Tile) -> np.ndarray:
+        """(h, w) bool: the pixels of ``t`` that tiles added so far reach."""
+        return self.wsum[t.slices] > 0
+
+    def partial(self, t: Tile) -> np.ndarray:
+        """The blend so far inside ``t`` (0 where no tile reached)."""
+        rs, cs = t.slices
+        return (self.acc[..., rs, cs] / np.maximum(self.wsum[rs, cs], 1e-300)).astype(np.float32)
+
 
 # ------------------------------------------------------------------ operators restricted to a tile
 def _projection_offsets(op: ops.GaussianProjection) -> np.ndarray:
@@ -257,6 +266,27 @@ def restrict(op, y, t: Tile, shape=None):
         return sub_op, np.ascontiguousarray(y[index])
     raise ValueError(f"a {type(op).__name__} operator couples all pixels and cannot be tiled; "
                      "solve the whole image (tile=0) or raise memory_budget")
+
+
+def observes(op, t: Tile) -> bool:
+    """Whether the measurements see any pixel of ``t``: only a Mask can leave a tile blind, when
+    the tile lies wholly inside a missing region."""
+    if isinstance(op, ops.Mask):
+        return bool(np.broadcast_to(op.observed_full, op.shape)[..., t.r0:t.r1, t.c0:t.c1].any())
+    return True
+
+
+def restrict_to_neighbours(blend: Blender, t: Tile):
+    """``(Mask, y)`` for a tile that observes nothing (see :func:`observes`): the blended result of
+    the tiles solved so far, where they overlap ``t``, serves as its measurements, so a hole larger
+    than a tile is filled inwards from its edges, continuous with its neighbours. ValueError when
+    no solved tile overlaps ``t``."""
+    covered = blend.covered(t)
+    if not covered.any():
+        raise ValueError(f"tile rows {t.r0}:{t.r1}, columns {t.c0}:{t.c1} lies inside the missing region "
+                         "and no solved tile overlaps it: use an overlap > 0 or a larger tile")
+    sub = (*blend.shape[:-2], t.r1 - t.r0, t.c1 - t.c0)
+    return ops.Mask(covered, shape=sub), np.where(covered, blend.partial(t), 0).astype(np.float32)
 
 
 def choose_tile(model, op, memory_budget: int, memory_saving: bool) -> int:
