@@ -181,6 +181,22 @@ def test_bad_inputs_give_clear_errors(model, image):
         nfp.reconstruct(blur.forward(image), blur, model, cuda_graph="yes")
 
 
+def test_images_outside_the_unit_range_are_refused(model, image):
+    raw = (image * 255).astype(np.uint8)  # 8-bit data passed without normalize
+    for op in (ops.Mask.random(image.shape, 0.5, seed=0), ops.Blur(image.shape, sigma=1.0),
+               ops.GaussianProjection(image.shape, ratio=0.5, seed=0, block=8)):
+        y = op.forward(raw.astype(np.float32))
+        with pytest.raises(ValueError, match=r"scaled to \[0, 1\].*nfp.normalize"):
+            nfp.reconstruct(y, op, model, iterations=2)
+        scaled, scaling = nfp.normalize(raw, model=model)
+        result = nfp.reconstruct(op.forward(scaled), op, model, iterations=2)
+        assert np.isfinite(scaling.restore(result.image)).all()
+    with pytest.raises(ValueError, match="image's pixels"):
+        nfp.log_density(raw, model)
+    noisy = image + np.random.default_rng(0).normal(0, 0.1, image.shape).astype(np.float32)
+    assert np.isfinite(nfp.log_density(noisy, model)).all()  # noise and over/undershoot are fine
+
+
 def test_nan_pixels_are_missing_for_a_mask(model, image):
     op = ops.Mask.random(image.shape, 0.3, seed=0)
     y = op.forward(image)

@@ -251,7 +251,27 @@ def _check_inputs(y, op, model: FlowModel):
         if not op.observed_full.any():
             raise ValueError("the mask leaves no observed pixel: nothing to reconstruct from")
         y = y * op.observed_full  # y at unobserved pixels is ignored
+    if model.architecture.get("kind") != "linear":  # a Gaussian prior has no fixed range
+        if op.kind == "mask":
+            _check_scale(y[np.broadcast_to(op.observed_full, y.shape)], "the measurements")
+        else:  # blur: y is an image; projections: their pseudo-inverse is one
+            _check_scale(y if op.kind == "blur" else np.asarray(op.pseudo_inverse(y)), "the measurements")
     return y, op
+
+
+def _check_scale(values: np.ndarray, what: str) -> None:
+    """ValueError for an image far outside [0, 1] (raw 8- or 16-bit data): the priors model [0, 1]
+    intensities, so a solve would return a meaningless image. The bounds leave room for noise,
+    ringing and the bright tail that ``normalize`` (percentiles 1 and 99.8) maps above 1."""
+    lo, hi = np.percentile(values, [1, 99]) if values.size else (0.0, 0.0)
+    if hi > SCALE_BOUNDS[1] or lo < SCALE_BOUNDS[0]:
+        raise ValueError(f"{what} look like an image with intensities from about {lo:.4g} to {hi:.4g}, but the "
+                         "priors work on images scaled to [0, 1]: scale it first, e.g. "
+                         "x, scaling = nfp.normalize(image, model=model), and map results back with "
+                         "scaling.restore(result.image)")
+
+
+SCALE_BOUNDS = (-2.0, 3.0)  # 1st and 99th percentile of an image the solvers accept
 
 
 FALLBACK_WHY = ("an image far outside the prior's domain encodes to a huge latent code that float32 "
@@ -869,6 +889,8 @@ def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
         raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
     if not np.isfinite(image).all():
         raise ValueError("the image contains NaN or infinite pixels")
+    if model.architecture.get("kind") != "linear":
+        _check_scale(image, "the image's pixels")
     dev = resolve_device(device)
     model = model.to(dev).eval()
     with torch.no_grad():
