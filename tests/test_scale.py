@@ -226,6 +226,12 @@ def test_dask_compressed_sensing_stack(tiny):
     lazy = nfp.reconstruct(da.from_array(ys, chunks=(2, -1)), op, tiny, iterations=3)
     assert lazy.image.shape == (3, 16, 16)
     np.testing.assert_allclose(lazy.image.compute(), nfp.reconstruct_stack(ys, op, tiny, iterations=3).image, atol=1e-6)
+    assert lazy.std is None
+    kw = dict(method="posterior", iterations=6, chains=2, noise_sigma=0.01)
+    sampled = nfp.reconstruct(da.from_array(ys, chunks=(2, -1)), op, tiny, **kw)
+    reference = nfp.reconstruct_stack(ys, op, tiny, **kw)
+    np.testing.assert_allclose(sampled.image.compute(), reference.image, atol=1e-5)
+    np.testing.assert_allclose(sampled.std.compute(), reference.std, atol=1e-5)
 
 
 def test_zarr_stack_through_dask_matches_numpy(tmp_path, tiny):
@@ -298,6 +304,32 @@ def test_batch_reads_a_zarr_stack(tmp_path, batch_inputs):
         assert tifffile.imread(out / f"plane_{i:06d}" / "reconstruction.tif").shape == (16, 16)
     assert _batch(source, model, out) == 0
     assert json.loads((out / "batch_report.json").read_text())["skipped"] == 3
+
+
+def test_batch_reads_stack_files(tmp_path, batch_inputs):
+    import tifffile
+
+    folder, model = batch_inputs
+    stack = np.stack([tifffile.imread(folder / f"img{i}.tif") for i in range(3)])
+    source = tmp_path / "stacks"
+    source.mkdir()
+    tifffile.imwrite(source / "zstack.tif", stack, photometric="minisblack")  # (3, 16, 16): three planes
+    np.save(source / "series.npy", stack[:2].reshape(2, 1, 16, 16))  # (2, 1, 16, 16): two planes
+    tifffile.imwrite(source / "single.tif", stack[0])
+    out = tmp_path / "out"
+    assert _batch(source, model, out) == 0
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["done"] == 6 and report["failed"] == 0
+    assert set(report["images"]) == {"single", "series_plane_000000", "series_plane_000001",
+                                     *(f"zstack_plane_{i:06d}" for i in range(3))}
+    for i in range(3):  # each plane measured and reconstructed on its own, like the file itself
+        plane = json.loads((out / f"zstack_plane_{i:06d}" / "report.json").read_text())
+        alone = json.loads((out / "single" / "report.json").read_text()) if i == 0 else None
+        assert tifffile.imread(out / f"zstack_plane_{i:06d}" / "reconstruction.tif").shape == (16, 16)
+        if alone:
+            assert plane["metrics"]["flow"]["psnr"] == pytest.approx(alone["metrics"]["flow"]["psnr"], abs=1e-4)
+    assert _batch(source / "zstack.tif", model, tmp_path / "one") == 0  # a stack file on its own
+    assert json.loads((tmp_path / "one" / "batch_report.json").read_text())["done"] == 3
 
 
 def test_batch_interrupted_leaves_no_half_written_output(tmp_path, batch_inputs, monkeypatch):

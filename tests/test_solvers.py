@@ -472,6 +472,8 @@ def test_posterior_gives_the_mean_and_spread_of_samples(model, image):
     tiled = nfp.reconstruct(scattered.measure(image, 0.01, seed=0), scattered, model, tile=8, overlap=4, **short)
     assert tiled.params["tiles"] > 1 and tiled.std.shape == image.shape and np.isfinite(tiled.std).all()
     assert nfp.reconstruct(y, op, model, method="map", iterations=3).std is None
+    stack = nfp.reconstruct_stack(np.stack([y, y]), op, model, axis=0, **short)
+    assert stack.std.shape == (2, *image.shape) and np.array_equal(stack.std[0], first.std)
     calls = {"n": 0}
 
     def cancel():

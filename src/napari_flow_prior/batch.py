@@ -9,9 +9,10 @@ removes leftover temporary files. An image that fails (unreadable or corrupted f
 ...) is recorded with its error and the batch goes on; ``DIR/batch_report.json`` lists every
 image's status and is rewritten (atomically) after each image.
 
-Input: a folder of images (TIFF, PNG, JPEG, .npy, .npz; one level, sorted), or a zarr array whose
-leading axes are a stack of 2-D planes (needs the ``zarr`` package); plane ``i`` is named
-``plane_00000i``.
+Input: a folder of images (TIFF, PNG, JPEG, .npy, .npz; one level, sorted), one such file, or a
+zarr array whose leading axes are a stack of 2-D planes (needs the ``zarr`` package); plane ``i``
+is named ``plane_00000i``. A TIFF or .npy file with three or more dimensions (a z-stack, a time
+series; not RGB) is a stack too: its planes are named ``STEM_plane_00000i``.
 """
 
 from __future__ import annotations
@@ -34,16 +35,69 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _plane_loader(read_plane, index, path: Path):
+    """A callable that saves one plane (``read_plane(index)``) to ``path`` (.npy) once and returns
+    the path: the plane is read only when its turn comes."""
+
+    def load():
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part.npy")
+            np.save(tmp, np.asarray(read_plane(index)))
+            os.replace(tmp, path)
+        return path
+
+    return load
+
+
+def _stack_shape(path: Path):
+    """The shape of a TIFF or .npy file that holds a stack of 2-D grayscale planes (three or more
+    dimensions, not an RGB(A) image), else None; read from the header only."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(tif.series[0].shape)
+        elif path.suffix.lower() == ".npy":
+            shape = tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        else:
+            return None
+    except Exception:  # unreadable: the normal path reports it
+        return None
+    if len(shape) < 3 or (len(shape) == 3 and shape[-1] in (3, 4)):
+        return None
+    return shape
+
+
 def _items(source: Path, scratch: Path):
-    """(name, path) of every input image; zarr planes are saved to ``scratch`` as .npy on demand."""
-    from .imageio import image_files
+    """(name, path or loader) of every input image. The planes of a zarr array or of a stack file
+    (TIFF, .npy) are saved to ``scratch`` as .npy when their turn comes."""
+    from .imageio import image_files, read_image
 
     is_zarr = source.suffix == ".zarr" or (source.is_dir() and (
         (source / ".zarray").exists() or (source / "zarr.json").exists()))
     if not is_zarr:
         if not source.exists():
             raise FileNotFoundError(f"no such file or folder: {source}")
-        return [(p.stem, p) for p in image_files(source)]
+        items = []
+        for p in image_files(source):
+            shape = _stack_shape(p)
+            if shape is None:
+                items.append((p.stem, p))
+                continue
+            cache = {}
+
+            def read_plane(index, p=p, cache=cache):
+                if "array" not in cache:  # a memory map where possible, else read once
+                    cache["array"] = (np.load(p, mmap_mode="r") if p.suffix.lower() == ".npy"
+                                      else read_image(p))
+                return cache["array"][index]
+
+            for i, index in enumerate(np.ndindex(*shape[:-2])):
+                name = f"{p.stem}_plane_{i:06d}"
+                items.append((name, _plane_loader(read_plane, index, scratch / f"{name}.npy")))
+        return items
     try:
         import zarr
     except ImportError:
@@ -55,16 +109,8 @@ def _items(source: Path, scratch: Path):
     items = []
     for i in range(n):
         index = np.unravel_index(i, array.shape[:-2]) if n > 1 or len(array.shape) > 2 else ()
-
-        def load(index=index, i=i):
-            path = scratch / f"plane_{i:06d}.npy"
-            if not path.exists():
-                scratch.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".part.npy")
-                np.save(tmp, np.asarray(array[tuple(index)]))
-                os.replace(tmp, path)
-            return path
-        items.append((f"plane_{i:06d}", load))
+        name = f"plane_{i:06d}"
+        items.append((name, _plane_loader(lambda ix: array[tuple(ix)], index, scratch / f"{name}.npy")))
     return items
 
 

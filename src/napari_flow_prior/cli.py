@@ -84,7 +84,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
         raw = raw[..., :3].mean(-1)
     if raw.ndim != 2:
         raise ValueError(f"{image_path}: expected a 2-D grayscale image for the CLI, got shape {raw.shape}; "
-                         "use the Python API (reconstruct_stack, channel_axis=) for stacks and channels")
+                         "run stacks plane by plane with the batch command (napari-flow-prior batch FILE --out DIR), "
+                         "or use the Python API (reconstruct_stack, channel_axis=)")
     missing = (read_image(mask) != 0) if mask else None
     psf_array = read_image(psf).astype(np.float64) if psf else None
     if missing is not None and missing.shape != raw.shape:

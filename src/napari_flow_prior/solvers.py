@@ -864,7 +864,8 @@ def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **k
         log_density=np.stack([r.log_density for r in results]),
         losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
         seconds=sum(r.seconds for r in results), device=first.device, method=first.method,
-        params={**first.params, "planes": len(results), "axis": axis}, noise_sigma=first.noise_sigma)
+        params={**first.params, "planes": len(results), "axis": axis}, noise_sigma=first.noise_sigma,
+        std=None if first.std is None else np.moveaxis(np.stack([r.std for r in results]), 0, axis))
 
 
 def reconstruct_stack(y_stack, op, model: FlowModel, *, axis: int = 0, callback=None, **kwargs) -> Result:
@@ -904,7 +905,8 @@ def _is_dask(array) -> bool:
 
 
 def _reconstruct_block(block, op, model, kwargs, n_stack):
-    """One dask chunk: (stack..., *op.out_shape) -> (stack..., C + 1, H, W), image then density."""
+    """One dask chunk: (stack..., *op.out_shape) -> (stack..., C + 1 [+ C], H, W): image, density
+    and, for the posterior, its spread."""
     import copy
 
     # private copies: dask's threaded scheduler runs chunks concurrently, and the operators'
@@ -914,12 +916,15 @@ def _reconstruct_block(block, op, model, kwargs, n_stack):
     c = op.shape[0] if len(op.shape) == 3 else 1
     stack = block.shape[:n_stack]
     planes = np.asarray(block).reshape(-1, *op.out_shape)
-    out = np.empty((planes.shape[0], c + 1, h, w), np.float32)
+    depth = 2 * c + 1 if kwargs.get("method") == "posterior" else c + 1
+    out = np.empty((planes.shape[0], depth, h, w), np.float32)
     for i, plane in enumerate(planes):
         result = run_to_end(reconstruct_steps(plane, op, model, **kwargs))
         out[i, :c] = result.image.reshape(c, h, w)
         out[i, c] = result.log_density
-    return out.reshape(*stack, c + 1, h, w)
+        if result.std is not None:
+            out[i, c + 1:] = result.std.reshape(c, h, w)
+    return out.reshape(*stack, depth, h, w)
 
 
 def _reconstruct_dask(y, op, model, **kwargs) -> Result:
@@ -937,21 +942,26 @@ def _reconstruct_dask(y, op, model, **kwargs) -> Result:
     y = y.rechunk({i: -1 for i in range(k, y.ndim)})  # every plane whole in one chunk
     h, w = op.shape[-2:]
     c = op.shape[0] if len(op.shape) == 3 else 1
-    chunks = (*y.chunks[:k], (c + 1,), (h,), (w,))
+    posterior = kwargs.get("method") == "posterior"
+    chunks = (*y.chunks[:k], (2 * c + 1 if posterior else c + 1,), (h,), (w,))
     out = da.map_blocks(_reconstruct_block, y, op, model, kwargs, k, dtype=np.float32, chunks=chunks,
                         drop_axis=list(range(k, y.ndim)), new_axis=list(range(k, k + 3)),
                         name="nfp-reconstruct-" + tokenize(y.name, op.describe(), kwargs, id(model)))
     image = out[..., :c, :, :] if len(op.shape) == 3 else out[..., 0, :, :]
     density = out[..., c, :, :]
+    std = None
+    if posterior:
+        std = out[..., c + 1:, :, :] if len(op.shape) == 3 else out[..., c + 1, :, :]
     if single:
         image, density = image[0], density[0]
+        std = None if std is None else std[0]
     method = kwargs.get("method", "map")
     sigma = kwargs.get("noise_sigma", 0.01)
     params = {"method": method, "dask": True, "chunks": [list(ch) for ch in y.chunks[:k]],
               "operator": op.describe(), "model": model.metadata.get("name")}
     return Result(image=image, log_density=density, losses=[], n_iter=0, seconds=time.time() - t0,
                   device=str(resolve_device(kwargs.get("device", "auto"))), method=method, params=params,
-                  noise_sigma=None if isinstance(sigma, str) else float(sigma))
+                  noise_sigma=None if isinstance(sigma, str) else float(sigma), std=std)
 
 
 def _density_block(block, model, device, n_stack):
