@@ -23,6 +23,11 @@ exactly-0 MNIST background, half a grey level below the prior's, would count as 
 
     PYTHONPATH=src python benchmarks/posterior_calibration.py --model digits [--sets in,ood]
         [--limit-images N] [--out benchmarks/results/posterior_calibration_digits.md]
+        [--figure docs/images/posterior_digits.png --figure-rows 4]
+
+``--figure`` writes one row per image (the first ``--figure-rows`` of the run): truth,
+measurements, posterior mean, per-pixel spread (std) and |error|, the last two on one common
+scale (the largest spread of the row), so where the map is bright the error should be too.
 """
 
 from __future__ import annotations
@@ -63,6 +68,24 @@ def calibration(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, where: np.
             "rho": float(rho)}
 
 
+def write_figure(rows, path: Path, zoom: int = 4) -> None:
+    """A PNG grid: one row per image, one column per panel, each panel upscaled ``zoom`` times
+    (nearest) for small images and separated by a 2-pixel gap."""
+    from PIL import Image
+
+    h, w = rows[0][0].shape
+    zoom = zoom if max(h, w) <= 64 else 1
+    gap = 2
+    grid = np.ones((len(rows) * (h * zoom + gap) - gap, 5 * (w * zoom + gap) - gap), np.float32)
+    for i, panels in enumerate(rows):
+        for j, panel in enumerate(panels):
+            big = np.kron(np.clip(panel, 0, 1), np.ones((zoom, zoom)))
+            r0, c0 = i * (h * zoom + gap), j * (w * zoom + gap)
+            grid[r0:r0 + h * zoom, c0:c0 + w * zoom] = big
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+
+
 def main(argv=None) -> int:
     import napari_flow_prior as nfp
 
@@ -74,7 +97,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--figure", type=Path, default=None, help="PNG of truth / measured / mean / std / |error|")
+    ap.add_argument("--figure-rows", type=int, default=4)
     args = ap.parse_args(argv)
+    rows = []
     torch.set_num_threads(args.threads)
     model = nfp.load_model(args.model)
     sets = args.sets.split(",")
@@ -95,6 +121,10 @@ def main(argv=None) -> int:
                  "missing": calibration(truth, mean, spread, ~observed) if (~observed).any() else None,
                  "observed": calibration(truth, mean, spread, observed)}
         per_set.setdefault(set_name, []).append(entry)
+        if len(rows) < args.figure_rows:
+            scale = max(float(result.std.max()), 1e-6)
+            rows.append([truth, y, np.clip(result.image, 0, 1), result.std / scale,
+                         np.clip(np.abs(truth - result.image) / scale, 0, 1)])
         brief = {part: {k: round(v, 3) for k, v in entry[part].items() if k in ("cover1", "cover2", "ratio", "rho")}
                  for part in ("missing", "observed") if entry[part]}
         print(f"{set_name} {image_id}: PSNR {entry['psnr']:.2f} {brief}", flush=True)
@@ -121,6 +151,10 @@ def main(argv=None) -> int:
             lines.append(f"| {args.model} | {set_name} | {ROW_LABELS[args.row]}, {part} pixels | {len(entries)} | {n} | "
                          f"{np.mean([e['psnr'] for e in entries]):.2f} | {pooled['cover1']:.1%} | "
                          f"{pooled['cover2']:.1%} | {ratio:.2f} | {rho:+.2f} |")
+    if args.figure and rows:
+        write_figure(rows, args.figure)
+        lines += ["", f"Figure: `{args.figure}` (columns: truth, measurements, posterior mean, spread, |error|; "
+                  "the last two scaled by the row's largest spread)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
