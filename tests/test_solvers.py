@@ -497,3 +497,14 @@ def test_posterior_settings_are_checked(model, image):
         nfp.reconstruct(y, op, model, method="posterior", weight=1.0, iterations=2)
     with pytest.raises(ValueError, match="chains= does not apply to method 'map'"):
         nfp.reconstruct(y, op, model, chains=4, iterations=2)
+
+
+def test_minimize_ends_on_the_lowest_objective_it_saw():
+    from napari_flow_prior.solvers import _minimize
+
+    p = torch.nn.Parameter(torch.tensor([0.1], dtype=torch.float64))
+    objective = lambda: (p ** 2).sum()  # noqa: E731 - Adam with a step of 5 overshoots and climbs
+    losses = [loss for _, loss in _minimize([p], objective, iterations=20, optimizer="adam", lr=5.0,
+                                            tol=0, cancel=None)]
+    assert max(losses) > 10 * min(losses)  # the run did climb away from its best point
+    assert float(objective()) == pytest.approx(min(losses))
