@@ -116,6 +116,25 @@ def test_errors_are_messages_not_tracebacks(tmp_path, tiny_model, image_file, ca
     assert "not a napari-flow-prior model" in capsys.readouterr().err
 
 
+def test_nan_pixels_are_missing_for_a_mask_and_an_error_otherwise(tmp_path, tiny_model, image_file, capsys):
+    image = tifffile.imread(image_file).astype(np.float32)
+    image[3, 4] = image[10, 10] = np.nan
+    bad = tmp_path / "dead.tif"
+    tifffile.imwrite(bad, image)
+    assert main(["reconstruct", str(bad), "--model", str(tiny_model), "--operator", "blur:1.0",
+                 "--out", str(tmp_path / "no")]) == 2
+    assert "2 NaN or infinite pixels" in capsys.readouterr().err
+    assert main(["reconstruct", str(bad), "--model", str(tiny_model), "--operator", "mask:0.3", "--simulate",
+                 "--out", str(tmp_path / "no")]) == 2
+    assert "clean ground-truth" in capsys.readouterr().err
+    out = tmp_path / "dead"
+    assert main(["reconstruct", str(bad), "--model", str(tiny_model), "--operator", "mask:0.3",
+                 "--iterations", "3", "--out", str(out)]) == 0
+    recon = tifffile.imread(out / "reconstruction.tif")
+    assert np.isfinite(recon).all()
+    assert np.isnan(tifffile.imread(bad)[3, 4])  # the user's file is untouched
+
+
 def test_train_command(tmp_path, image_file):
     out = tmp_path / "mine.safetensors"
     big = tmp_path / "big.tif"

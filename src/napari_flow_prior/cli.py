@@ -91,6 +91,11 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     if missing is not None and missing.shape != raw.shape:
         raise ValueError(f"mask {mask} has shape {missing.shape}, the image {raw.shape}")
     op = parse_operator(operator, raw.shape, seed=seed, psf=psf_array, missing=missing, block=block)
+    finite = np.isfinite(raw)
+    if not finite.all() and (simulate or op.kind != "mask"):
+        why = ("--simulate needs a clean ground-truth image" if simulate
+               else "only a mask operator can treat them as missing pixels")
+        raise ValueError(f"{image_path} has {int((~finite).sum())} NaN or infinite pixels; {why}")
     report = {"version": nfp.__version__, "image": str(image_path), "model": prior.metadata.get("name"),
               "model_file": prior.metadata.get("path"), "model_sha256": prior.metadata.get("sha256"),
               "operator": op.describe(), "method": method, "seed": seed, "simulate": simulate}
@@ -104,10 +109,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
         if op.kind == "cs":
             raise ValueError("compressed-sensing measurements can only be simulated here (--simulate)")
         truth = None
-        observed = op.observed_full if op.kind == "mask" else None
-        if op.kind == "mask":
-            observed = observed & np.isfinite(raw)
-        y, scaling = nfp.normalize(np.nan_to_num(raw), observed=observed, model=prior)
+        observed = op.observed_full & finite if op.kind == "mask" else None
+        y, scaling = nfp.normalize(np.where(finite, raw, 0), observed=observed, model=prior)
         sigma = noise if noise == "auto" else float(noise)
     t0 = time.time()
     result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma, device=device,
