@@ -179,6 +179,13 @@ def test_bad_inputs_give_clear_errors(model, image):
         nfp.reconstruct(blur.forward(image), blur, model, device="cpu", cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph must be"):
         nfp.reconstruct(blur.forward(image), blur, model, cuda_graph="yes")
+    for bad, match in ((dict(iterations=0), "iterations must be a positive integer"),
+                       (dict(iterations=2.5), "iterations must be a positive integer"),
+                       (dict(weight=-1.0), "weight .* >= 0"), (dict(weight=float("inf")), "weight"),
+                       (dict(lr=float("nan")), "lr must be a finite number > 0"), (dict(lr=0.0), "lr"),
+                       (dict(tol=-1.0), "tol")):
+        with pytest.raises(ValueError, match=match):
+            nfp.reconstruct(blur.forward(image), blur, model, **bad)
 
 
 def test_images_outside_the_unit_range_are_refused(model, image):

@@ -488,6 +488,7 @@ def reconstruct_steps(
             if key in ("weight", "optimizer", "chains", "temperature") and key not in settings:
                 raise ValueError(f"{key}= does not apply to method {method!r}")
             settings[key] = value
+    check_solve_values(settings["iterations"], settings.get("weight"), settings["lr"], tol)
     if method == "posterior":
         check_posterior(settings["chains"], settings["temperature"], settings["lr"])
     if method == "map" and settings["space"] not in SPACES:
@@ -808,6 +809,20 @@ def _progress(steps, losses: list[float], total: int):
             return stop.value
         losses.append(value)
         yield Progress(it, total, value)
+
+
+def check_solve_values(iterations, weight, lr, tol) -> None:
+    """ValueError unless ``iterations`` is a positive integer, ``weight`` (the prior weight, where
+    the method has one) a finite number >= 0, ``lr`` a finite positive number and ``tol`` >= 0."""
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    for name, value, low_ok in (("weight (the prior weight)", weight, True), ("lr", lr, False),
+                                ("tol", tol, True)):
+        if value is None and name.startswith("weight"):
+            continue
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not number or not (0 <= value < math.inf if low_ok else 0 < value < math.inf):
+            raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {value!r}")
 
 
 def check_posterior(chains=None, temperature=None, step=None) -> None:
