@@ -142,6 +142,13 @@ def test_mask_constructors_and_channels():
     with pytest.raises(ValueError):
         O.Mask(np.ones((5, 5), dtype=bool), shape=(3, 6, 6))
     assert O.Mask.random((3, 20, 20), 0.5).describe()["missing_fraction"] == pytest.approx(0.5)
+    # 0/1 numbers work like bools; a float map with other values (or NaN) is refused, not thresholded
+    np.testing.assert_array_equal(O.Mask(missing.astype(np.float32)).observed, missing)
+    np.testing.assert_array_equal(O.Mask.from_missing(missing.astype(np.uint8)).missing, missing)
+    with pytest.raises(ValueError, match="only 0 and 1.*bool array"):
+        O.Mask(np.full((8, 8), 0.3))
+    with pytest.raises(ValueError, match="NaN"):
+        O.Mask.from_missing(np.where(missing, np.nan, 0.0))
 
 
 def test_blur_matches_scipy_reflect_convolution():

@@ -179,6 +179,14 @@ def test_bad_inputs_give_clear_errors(model, image):
         nfp.reconstruct(blur.forward(image), blur, model, device="cpu", cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph must be"):
         nfp.reconstruct(blur.forward(image), blur, model, cuda_graph="yes")
+    with pytest.raises(ValueError, match="one axis more"):
+        nfp.reconstruct_stack(op.forward(image), op, model, iterations=2)
+    with pytest.raises(ValueError, match="axis 5 is out of range"):
+        nfp.reconstruct_stack(np.stack([op.forward(image)] * 2), op, model, axis=5, iterations=2)
+    with pytest.raises(ValueError, match="axis 7 is out of range"):
+        nfp.reconstruct(np.stack([op.forward(image)] * 2, -1), op, model, channel_axis=7, iterations=2)
+    with pytest.raises(ValueError, match=r"observed has shape \(3, 3\)"):
+        nfp.normalize(image, observed=np.ones((3, 3), bool))
     for bad, match in ((dict(iterations=0), "iterations must be a positive integer"),
                        (dict(iterations=2.5), "iterations must be a positive integer"),
                        (dict(weight=-1.0), "weight .* >= 0"), (dict(weight=float("inf")), "weight"),

@@ -39,7 +39,12 @@ def percentile_scaling(image: np.ndarray, low_pct: float = 1.0, high_pct: float 
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
     keep = np.isfinite(image)
     if observed is not None:
-        keep &= np.broadcast_to(np.asarray(observed, bool), image.shape)
+        observed = np.asarray(observed, bool)
+        try:
+            keep &= np.broadcast_to(observed, image.shape)
+        except ValueError:
+            raise ValueError(f"observed has shape {observed.shape}, which does not fit the image's "
+                             f"{image.shape}") from None
     if channel_axis is None:
         channels = [(image, keep)]
     else:

@@ -254,6 +254,21 @@ class LinearOperator:
 
 
 # ---------------------------------------------------------------------------------------- Mask
+def _as_bool(array, what: str) -> np.ndarray:
+    """A bool array from bools, integers (nonzero = True) or floats that hold only 0 and 1; a
+    float mask with other values (a probability map, NaN) is ambiguous and a ValueError."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and not np.isin(array, (0, 1)).all():
+        raise ValueError(f"a float {what} array must hold only 0 and 1 (got values from {np.nanmin(array):g} "
+                         f"to {np.nanmax(array):g}{', and NaN' if np.isnan(array).any() else ''}); "
+                         f"pass a bool array, e.g. probability > 0.5")
+    if not (np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)):
+        raise ValueError(f"{what} must be a numeric or bool array, got dtype {array.dtype}")
+    return array.astype(bool)
+
+
 class Mask(LinearOperator):
     """Inpainting: y = M x (pixelwise product with the 0/1 mask of observed pixels).
 
@@ -266,9 +281,7 @@ class Mask(LinearOperator):
     kind = "mask"
 
     def __init__(self, observed, shape=None):
-        observed = np.asarray(observed)
-        if isinstance(observed, np.ndarray) and observed.dtype != bool:
-            observed = observed.astype(bool)
+        observed = _as_bool(observed, "mask")
         if observed.ndim not in (2, 3):
             raise ValueError(f"mask must be 2-D or 3-D, got shape {observed.shape}")
         super().__init__(observed.shape if shape is None else shape)
@@ -283,7 +296,7 @@ class Mask(LinearOperator):
     @classmethod
     def from_missing(cls, missing, shape=None) -> "Mask":
         """Mask from a bool array that is True where pixels are missing (e.g. painted ones)."""
-        return cls(~np.asarray(missing).astype(bool), shape=shape)
+        return cls(~_as_bool(missing, "missing"), shape=shape)
 
     @classmethod
     def random(cls, shape, missing_fraction: float = 0.8, seed=0) -> "Mask":

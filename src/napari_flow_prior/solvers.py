@@ -885,6 +885,11 @@ def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **k
     """Plane by plane along ``axis`` (a z-stack, time series, or channels with a 1-channel model);
     yields the progress of every plane and returns a Result whose arrays are stacked on ``axis``."""
     y_stack = np.asarray(y_stack)
+    if y_stack.ndim != len(op.out_shape) + 1:
+        raise ValueError(f"a stack has one axis more than the operator's measurements {tuple(op.out_shape)}; "
+                         f"got shape {y_stack.shape} (one image: use reconstruct)")
+    if not -y_stack.ndim <= axis < y_stack.ndim:
+        raise ValueError(f"axis {axis} is out of range for measurements of shape {y_stack.shape}")
     planes = np.moveaxis(y_stack, axis, 0)
     results = []
     for index, plane in enumerate(planes):
