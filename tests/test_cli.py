@@ -135,7 +135,7 @@ def test_nan_pixels_are_missing_for_a_mask_and_an_error_otherwise(tmp_path, tiny
     assert np.isnan(tifffile.imread(bad)[3, 4])  # the user's file is untouched
 
 
-def test_train_command(tmp_path, image_file):
+def test_train_command(tmp_path, image_file, capsys):
     out = tmp_path / "mine.safetensors"
     big = tmp_path / "big.tif"
     rng = np.random.default_rng(0)
@@ -146,6 +146,9 @@ def test_train_command(tmp_path, image_file):
     model = nfp.load_model(out)
     assert model.metadata["training"]["steps"] == 6
     assert main(["train", str(image_file), "--out", str(out), "--patch", "32"]) == 2
+    assert main(["train", str(big), "--out", str(out), "--steps", "0"]) == 2
+    assert main(["train", str(big), "--out", str(out), "--init", str(out), "--levels", "5", "--steps", "2"]) == 2
+    assert "--levels: the architecture of a fine-tuned prior is that of --init" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["digits", "tiny"])

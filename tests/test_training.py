@@ -2,6 +2,8 @@
 
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -129,6 +131,13 @@ def test_bad_data_is_rejected_clearly(tmp_path):
     nan = np.full((64, 64), np.nan, np.float32)
     with pytest.raises(ValueError, match="NaN"):
         run_to_end(train_steps([nan], tiny()))
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for bad, match in (({"steps": 0}, "steps must be a positive integer"),
+                       ({"steps": None, "minutes": -1.0}, "minutes must be a positive number"),
+                       ({"steps": None, "minutes": None}, "steps or a time budget"),
+                       ({"lr": float("nan")}, "lr"), ({"batch": 0}, "batch")):
+        with pytest.raises(ValueError, match=match):  # refused before any data is read
+            run_to_end(train_steps([image], replace(tiny(), **bad)))
 
 
 def test_level_step_finds_a_comb_but_not_a_sparse_image():

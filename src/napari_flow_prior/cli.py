@@ -173,8 +173,14 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     from .training import TrainConfig, train
 
-    config = TrainConfig(kind=args.kind, levels=args.levels, steps_per_level=args.steps_per_level,
-                         hidden=args.hidden, patch=args.patch, batch=args.batch, steps=args.steps,
+    architecture = {"kind": args.kind, "levels": args.levels, "steps_per_level": args.steps_per_level,
+                    "hidden": args.hidden}
+    given = [f"--{k.replace('_', '-')}" for k, v in architecture.items() if v is not None]
+    if args.init and given:
+        raise ValueError(f"{', '.join(given)}: the architecture of a fine-tuned prior is that of --init {args.init}")
+    defaults = TrainConfig()
+    architecture = {k: getattr(defaults, k) if v is None else v for k, v in architecture.items()}
+    config = TrainConfig(**architecture, patch=args.patch, batch=args.batch, steps=args.steps,
                          minutes=args.minutes, lr=args.lr, seed=args.seed, augment=not args.no_augment,
                          normalize=not args.no_normalize, low_pct=args.low_pct, high_pct=args.high_pct,
                          channels=args.channels, channel_axis=args.channel_axis, device=args.device,
@@ -276,10 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val", nargs="+", help="validation images (default: held-out spatial blocks)")
     t.add_argument("--init", help="fine-tune this model (name or file)")
     t.add_argument("--domain", default="", help="one line: what images the model is for")
-    t.add_argument("--kind", default="glow", choices=["glow", "realnvp", "nice"])
-    t.add_argument("--levels", type=int, default=3)
-    t.add_argument("--steps-per-level", type=int, default=8)
-    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--kind", choices=["glow", "realnvp", "nice"], help="default glow (with --init: that model's)")
+    t.add_argument("--levels", type=int, help="default 3 (with --init: that model's)")
+    t.add_argument("--steps-per-level", type=int, help="default 8 (with --init: that model's)")
+    t.add_argument("--hidden", type=int, help="coupling network width, default 64 (with --init: that model's)")
     t.add_argument("--patch", type=int, default=32)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--steps", type=int, help="training steps (default 2000 unless --minutes)")

@@ -65,6 +65,24 @@ class TrainConfig:
         return {"low_pct": self.low_pct, "high_pct": self.high_pct, "clip": True}
 
 
+def check_config(config: TrainConfig) -> None:
+    """ValueError naming the first setting that cannot work (e.g. steps=0 would save an untrained model)."""
+    if config.steps is None and config.minutes is None:
+        raise ValueError("give a number of steps or a time budget in minutes")
+    positive_ints = ("levels", "steps_per_level", "hidden", "patch", "batch", "val_every", "checkpoint_every",
+                     "n_bins", "channels") + (("steps",) if config.steps is not None else ())
+    for name in positive_ints:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("lr", "grad_clip") + (("minutes",) if config.minutes is not None else ()):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not 0 < config.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction!r}")
+
+
 @dataclass
 class TrainProgress:
     step: int
@@ -288,6 +306,7 @@ def train_steps(
     is the one with the lowest validation bits/dim seen (checked every ``val_every`` steps).
     """
     config = replace(config or TrainConfig())
+    check_config(config)
     device = resolve_device(config.device)
     planes, names = load_planes(images, config)
     val_planes = load_planes(val_images, config)[0] if val_images is not None else None
