@@ -191,7 +191,8 @@ def test_bad_inputs_give_clear_errors(model, image):
                        (dict(iterations=2.5), "iterations must be a positive integer"),
                        (dict(weight=-1.0), "weight .* >= 0"), (dict(weight=float("inf")), "weight"),
                        (dict(lr=float("nan")), "lr must be a finite number > 0"), (dict(lr=0.0), "lr"),
-                       (dict(tol=-1.0), "tol")):
+                       (dict(tol=-1.0), "tol"), (dict(noise_sigma=float("inf")), "noise_sigma must be a finite"),
+                       (dict(init=np.full(image.shape, np.nan)), "init image has NaN")):
         with pytest.raises(ValueError, match=match):
             nfp.reconstruct(blur.forward(image), blur, model, **bad)
 

@@ -498,8 +498,8 @@ def reconstruct_steps(
             raise ValueError(f"noise_sigma must be a number or 'auto', got {noise_sigma!r}")
         noise_sigma = estimate_noise_sigma(y, op)
     noise_sigma = float(noise_sigma)
-    if not noise_sigma >= 0:
-        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    if not 0 <= noise_sigma < math.inf:
+        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma}")
     # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
     passed = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
                   optimizer=optimizer, lr=lr, space=space, box=box, chains=chains, temperature=temperature,
@@ -571,6 +571,8 @@ def reconstruct_steps(
         x0 = torch.as_tensor(np.asarray(init), device=dev, dtype=dtype)
         if tuple(x0.shape) != shape:
             raise ValueError(f"init image has shape {tuple(x0.shape)}, expected {shape}")
+        if not torch.isfinite(x0).all():
+            raise ValueError("the init image has NaN or infinite pixels")
     x0 = x0.detach().clamp(0, 1).reshape(image_shape).contiguous(memory_format=layout)
     # the objective is a mean over pixels; a tile uses the whole image's count, so that its
     # per-pixel gradients (and Adam's steps, whose epsilon is not scale-free) match the whole image's
