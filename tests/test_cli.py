@@ -135,6 +135,26 @@ def test_nan_pixels_are_missing_for_a_mask_and_an_error_otherwise(tmp_path, tiny
     assert np.isnan(tifffile.imread(bad)[3, 4])  # the user's file is untouched
 
 
+def test_density_command_writes_maps_and_a_summary(tmp_path, tiny_model, image_file, capsys):
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([tifffile.imread(image_file)] * 2))
+    out = tmp_path / "density"
+    assert main(["density", str(image_file), str(stack), "--model", str(tiny_model), "--out", str(out)]) == 0
+    one = tifffile.imread(out / "cells_log_density.tif")
+    both = tifffile.imread(out / "stack_log_density.tif")
+    assert one.shape == (24, 24) and both.shape == (2, 24, 24)
+    model = nfp.load_model(tiny_model)
+    scaled, _ = nfp.normalize(tifffile.imread(image_file), model=model)
+    np.testing.assert_allclose(one, nfp.log_density(scaled, model), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-5)
+    report = json.loads((out / "density.json").read_text())
+    assert report["images"][0]["mean_nats_per_pixel"] == pytest.approx(float(one.mean()), rel=1e-5)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((24, 24), np.nan))
+    assert main(["density", str(bad), "--model", str(tiny_model), "--out", str(out)]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
 def test_train_command(tmp_path, image_file, capsys):
     out = tmp_path / "mine.safetensors"
     big = tmp_path / "big.tif"
