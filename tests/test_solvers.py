@@ -250,6 +250,14 @@ def test_noise_auto_estimates_sigma():
     with pytest.raises(ValueError, match="number"):
         cs = ops.GaussianProjection(x.shape, ratio=0.2)
         nfp.reconstruct(cs.forward(x), cs, _tiny(), noise_sigma="auto")
+    # 80% missing at random leaves about 6 aligned 2x2 blocks of 4096 here: overlapping windows fill in
+    yy, xx = np.mgrid[0:256, 0:256] / 256
+    smooth = (0.3 + 0.4 * yy * xx).astype(np.float32)
+    sparse = ops.Mask.random(smooth.shape, 0.8, seed=0)
+    assert 0.025 < nfp.estimate_noise_sigma(sparse.measure(smooth, noise_sigma=0.03, seed=1), sparse) < 0.035
+    with pytest.raises(ValueError, match="too few fully observed"):
+        very = ops.Mask.random(smooth.shape, 0.95, seed=0)
+        nfp.estimate_noise_sigma(very.measure(smooth, noise_sigma=0.03, seed=1), very)
 
 
 def _tiny():
