@@ -149,6 +149,12 @@ def test_density_command_writes_maps_and_a_summary(tmp_path, tiny_model, image_f
     np.testing.assert_allclose(both[1], one, rtol=1e-5, atol=1e-5)
     report = json.loads((out / "density.json").read_text())
     assert report["images"][0]["mean_nats_per_pixel"] == pytest.approx(float(one.mean()), rel=1e-5)
+    colour = tmp_path / "colour.safetensors"  # a 3-channel prior: (H, W, 3) is one image, one map
+    nfp.save_model(nfp.build_model("glow", channels=3, levels=2, steps=1, hidden=8, seed=0).eval(), colour)
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.random.default_rng(0).random((24, 24, 3)).astype(np.float32), photometric="rgb")
+    assert main(["density", str(rgb), "--model", str(colour), "--out", str(out)]) == 0
+    assert tifffile.imread(out / "rgb_log_density.tif").shape == (24, 24)
     bad = tmp_path / "bad.npy"
     np.save(bad, np.full((24, 24), np.nan))
     assert main(["density", str(bad), "--model", str(tiny_model), "--out", str(out)]) == 2

@@ -147,18 +147,24 @@ def density_file(image_path, *, model="nuclei", out="density", device="auto") ->
 
     prior = nfp.load_model(model) if isinstance(model, (str, Path)) else model
     raw = read_image(image_path).astype(np.float32)
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and prior.channels == 1:
+    c = prior.channels
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and c == 1:
         raw = raw[..., :3].mean(-1)
-    if raw.ndim not in (2, 3):
+    if c > 1 and raw.ndim == 3 and raw.shape[-1] == c and raw.shape[0] != c:
+        raw = np.moveaxis(raw, -1, 0)  # (H, W, C) -> (C, H, W)
+    if c > 1 and (raw.ndim != 3 or raw.shape[0] != c):
+        raise ValueError(f"{image_path}: the model is for {c}-channel images, (C, H, W) or (H, W, C); "
+                         f"got shape {raw.shape}")
+    if c == 1 and raw.ndim not in (2, 3):
         raise ValueError(f"{image_path}: expected a 2-D image or a stack of 2-D planes, got shape {raw.shape}")
     if not np.isfinite(raw).all():
         raise ValueError(f"{image_path} has {int((~np.isfinite(raw)).sum())} NaN or infinite pixels")
-    planes = raw[None] if raw.ndim == 2 else raw
+    planes = raw[None] if raw.ndim == 2 or c > 1 else raw
     maps = np.stack([nfp.log_density(nfp.normalize(plane, model=prior)[0], prior, device=device) for plane in planes])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{Path(image_path).stem}_log_density.tif"
-    _write_tif(target, maps[0] if raw.ndim == 2 else maps)
+    _write_tif(target, maps[0] if len(planes) == 1 and (raw.ndim == 2 or c > 1) else maps)
     per_plane = maps.reshape(len(maps), -1).mean(1)
     return {"image": str(image_path), "shape": list(raw.shape), "output": str(target),
             "mean_nats_per_pixel": float(maps.mean()), "planes_mean_nats_per_pixel": per_plane.tolist()}
