@@ -103,6 +103,25 @@ def test_reconstruct_measured_with_mask_file(tmp_path, tiny_model, image_file):
     assert np.allclose(recon[inside], original[inside], rtol=1e-3)
 
 
+@pytest.mark.parametrize("operator", ["mask:0.5", "blur:1.0"])
+def test_reconstruct_with_a_multichannel_prior_keeps_the_layout(tmp_path, operator):
+    colour = tmp_path / "colour.safetensors"
+    nfp.save_model(nfp.build_model("glow", channels=3, levels=2, steps=1, hidden=8, seed=0).eval(), colour)
+    rgb = tmp_path / "rgb.tif"  # (H, W, 3), channels last as an RGB file stores them
+    image = np.random.default_rng(0).random((24, 24, 3)).astype(np.float32)
+    image[..., 2] *= 100  # a channel of another range: scaled on its own
+    tifffile.imwrite(rgb, image, photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(rgb), "--model", str(colour), "--operator", operator, "--simulate",
+                 "--iterations", "3", "--out", str(out)]) == 0
+    recon = tifffile.imread(out / "reconstruction.tif")
+    assert recon.shape == (24, 24, 3) and np.isfinite(recon).all()
+    assert recon[..., 2].mean() > 10 * recon[..., 0].mean()  # each channel back in its own units
+    assert tifffile.imread(out / "log_density.tif").shape == (24, 24)
+    assert main(["reconstruct", str(rgb), "--model", str(colour), "--operator", "mask:0.5",
+                 "--mask", str(rgb), "--out", str(out)]) == 2  # a mask must be (H, W)
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path, tiny_model, image_file, capsys):
     assert main(["reconstruct", str(image_file), "--model", "no-such-model"]) == 2
     assert "no model named" in capsys.readouterr().err

@@ -274,6 +274,14 @@ def test_normalize_uses_observed_pixels_and_keeps_input(model):
     assert np.array_equal(raw, before)
     assert scaled[observed].min() == 0 and scaled[observed].max() == 1 and np.all(scaled[~observed] == 0)
     assert np.allclose(scaling.restore(scaled)[observed], np.clip(raw[observed], scaling.low, scaling.high).ravel(), rtol=1e-5)
+    # a C-channel model scales each channel on its own, as the trainer does (a dim and a bright channel)
+    colour = nfp.build_model("glow", channels=2, levels=2, steps=1, hidden=4, seed=0)
+    two = np.stack([np.linspace(0, 10, 400), np.linspace(1000, 5000, 400)]).reshape(2, 20, 20).astype(np.float32)
+    scaled2, scaling2 = nfp.normalize(two, model=colour)
+    assert scaling2.low.shape == (2, 1, 1)
+    for c in range(2):
+        assert scaled2[c].min() == 0 and scaled2[c].max() == 1
+    np.testing.assert_allclose(scaling2.restore(scaled2)[:, 5:15], two[:, 5:15], rtol=1e-5)
 
 
 def test_log_density_matches_log_prob(model, image):

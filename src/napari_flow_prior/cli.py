@@ -58,12 +58,31 @@ def _run_with_bar(gen, desc):
             bar.close()
 
 
-def _write_tif(path: Path, array) -> None:
+def _write_tif(path: Path, array, rgb: bool = False) -> None:
     import tifffile
 
     tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, np.asarray(array, np.float32))
+    tifffile.imwrite(tmp, np.asarray(array, np.float32), photometric="rgb" if rgb else "minisblack")
     tmp.replace(path)
+
+
+def _model_layout(raw: np.ndarray, channels: int, image_path) -> tuple[np.ndarray, bool]:
+    """One image as the model takes it: (H, W) for a 1-channel model (RGB averaged to grey), (C, H, W)
+    for a C-channel one (from (C, H, W) or (H, W, C)); and whether the channels came last."""
+    if channels == 1:
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+            raw = raw[..., :3].mean(-1)
+        if raw.ndim != 2:
+            raise ValueError(f"{image_path}: expected a 2-D grayscale image for the CLI, got shape {raw.shape}; "
+                             "run stacks plane by plane with the batch command (napari-flow-prior batch FILE "
+                             "--out DIR), or use the Python API (reconstruct_stack, channel_axis=)")
+        return raw, False
+    if raw.ndim == 3 and raw.shape[-1] == channels and raw.shape[0] != channels:
+        return np.ascontiguousarray(np.moveaxis(raw, -1, 0)), True
+    if raw.ndim != 3 or raw.shape[0] != channels:
+        raise ValueError(f"{image_path}: the model is for {channels}-channel images, (C, H, W) or (H, W, C); "
+                         f"got shape {raw.shape}")
+    return raw, False
 
 
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
@@ -80,16 +99,11 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     out.mkdir(parents=True, exist_ok=True)
     prior = nfp.load_model(model)
     raw = read_image(image_path).astype(np.float32)
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and prior.channels == 1:
-        raw = raw[..., :3].mean(-1)
-    if raw.ndim != 2:
-        raise ValueError(f"{image_path}: expected a 2-D grayscale image for the CLI, got shape {raw.shape}; "
-                         "run stacks plane by plane with the batch command (napari-flow-prior batch FILE --out DIR), "
-                         "or use the Python API (reconstruct_stack, channel_axis=)")
+    raw, channels_last = _model_layout(raw, prior.channels, image_path)
     missing = (read_image(mask) != 0) if mask else None
     psf_array = read_image(psf).astype(np.float64) if psf else None
-    if missing is not None and missing.shape != raw.shape:
-        raise ValueError(f"mask {mask} has shape {missing.shape}, the image {raw.shape}")
+    if missing is not None and missing.shape != raw.shape[-2:]:
+        raise ValueError(f"mask {mask} has shape {missing.shape}, the image {raw.shape[-2:]}")
     op = parse_operator(operator, raw.shape, seed=seed, psf=psf_array, missing=missing, block=block)
     finite = np.isfinite(raw)
     if not finite.all() and (simulate or op.kind != "mask"):
@@ -118,17 +132,23 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
                   device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
                   normalization={"low": scaling.low.ravel().tolist(), "high": scaling.high.ravel().tolist()})
+    def as_input(image):  # back to the input file's layout (channels last if they came so)
+        return np.moveaxis(image, 0, -1) if channels_last else image
+
+    rgb = channels_last and prior.channels in (3, 4)
+
     measured_view = op.back_projection(y) if op.kind == "cs" else y
-    _write_tif(out / "reconstruction.tif", scaling.restore(result.image))
-    _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"), scaling.restore(measured_view))
+    _write_tif(out / "reconstruction.tif", as_input(scaling.restore(result.image)), rgb=rgb)
+    _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"),
+               as_input(scaling.restore(measured_view)), rgb=rgb)
     _write_tif(out / "log_density.tif", result.log_density)
     if result.std is not None:
-        _write_tif(out / "posterior_std.tif", scaling.restore_spread(result.std))
+        _write_tif(out / "posterior_std.tif", as_input(scaling.restore_spread(result.std)), rgb=rgb)
     estimates = {"flow": result.image}
     if baseline:
         name = matching_baseline(op)
         estimates[name] = run_baseline(name, y, op, noise_sigma=result.noise_sigma)
-        _write_tif(out / f"baseline_{name}.tif", scaling.restore(estimates[name]))
+        _write_tif(out / f"baseline_{name}.tif", as_input(scaling.restore(estimates[name])), rgb=rgb)
     if truth is not None:
         report["metrics"] = {k: {"psnr": nfp.psnr(truth, v), "ssim": nfp.ssim(truth, v)} for k, v in estimates.items()}
     tmp = out / "report.json.part"
@@ -148,15 +168,12 @@ def density_file(image_path, *, model="nuclei", out="density", device="auto") ->
     prior = nfp.load_model(model) if isinstance(model, (str, Path)) else model
     raw = read_image(image_path).astype(np.float32)
     c = prior.channels
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and c == 1:
+    if c == 1 and raw.ndim == 3 and raw.shape[-1] in (3, 4):
         raw = raw[..., :3].mean(-1)
-    if c > 1 and raw.ndim == 3 and raw.shape[-1] == c and raw.shape[0] != c:
-        raw = np.moveaxis(raw, -1, 0)  # (H, W, C) -> (C, H, W)
-    if c > 1 and (raw.ndim != 3 or raw.shape[0] != c):
-        raise ValueError(f"{image_path}: the model is for {c}-channel images, (C, H, W) or (H, W, C); "
-                         f"got shape {raw.shape}")
     if c == 1 and raw.ndim not in (2, 3):
         raise ValueError(f"{image_path}: expected a 2-D image or a stack of 2-D planes, got shape {raw.shape}")
+    if c > 1:
+        raw = _model_layout(raw, c, image_path)[0]
     if not np.isfinite(raw).all():
         raise ValueError(f"{image_path} has {int((~np.isfinite(raw)).sum())} NaN or infinite pixels")
     planes = raw[None] if raw.ndim == 2 or c > 1 else raw

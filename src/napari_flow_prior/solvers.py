@@ -150,11 +150,17 @@ def symmetry_frames(model: FlowModel, count: int) -> tuple[Frame, ...]:
 def normalize(image, observed=None, model: FlowModel | None = None) -> tuple[np.ndarray, Scaling]:
     """Scale an image to the [0, 1] range of ``model`` (its ``normalization`` metadata: percentiles
     over the observed, finite pixels), returning the scaled image and the ``Scaling`` whose
-    ``restore`` maps results back to the input's units. The input is never modified."""
+    ``restore`` maps results back to the input's units. The input is never modified. A (C, H, W)
+    image for a C-channel model is scaled channel by channel, as the trainer scales its data."""
     norm = dict(DEFAULT_NORMALIZATION)
+    channel_axis = None
     if model is not None:
         norm.update(model.metadata.get("normalization") or {})
-    scaling = percentile_scaling(image, norm["low_pct"], norm["high_pct"], observed=observed)
+        shape = np.shape(image)
+        if model.channels > 1 and len(shape) == 3 and shape[0] == model.channels:
+            channel_axis = 0
+    scaling = percentile_scaling(image, norm["low_pct"], norm["high_pct"], observed=observed,
+                                 channel_axis=channel_axis)
     scaled = scaling.apply(image, clip=bool(norm.get("clip", True)))
     if observed is not None:
         scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0).astype(np.float32)
