@@ -132,11 +132,11 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
                   device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
                   normalization={"low": scaling.low.ravel().tolist(), "high": scaling.high.ravel().tolist()})
+
     def as_input(image):  # back to the input file's layout (channels last if they came so)
         return np.moveaxis(image, 0, -1) if channels_last else image
 
     rgb = channels_last and prior.channels in (3, 4)
-
     measured_view = op.back_projection(y) if op.kind == "cs" else y
     _write_tif(out / "reconstruction.tif", as_input(scaling.restore(result.image)), rgb=rgb)
     _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"),
@@ -167,21 +167,19 @@ def density_file(image_path, *, model="nuclei", out="density", device="auto") ->
 
     prior = nfp.load_model(model) if isinstance(model, (str, Path)) else model
     raw = read_image(image_path).astype(np.float32)
-    c = prior.channels
-    if c == 1 and raw.ndim == 3 and raw.shape[-1] in (3, 4):
-        raw = raw[..., :3].mean(-1)
-    if c == 1 and raw.ndim not in (2, 3):
+    single = raw.ndim == 2 or prior.channels > 1 or raw.shape[-1] in (3, 4)  # else a stack of 2-D planes
+    if single:
+        raw = _model_layout(raw, prior.channels, image_path)[0]
+    elif raw.ndim != 3:
         raise ValueError(f"{image_path}: expected a 2-D image or a stack of 2-D planes, got shape {raw.shape}")
-    if c > 1:
-        raw = _model_layout(raw, c, image_path)[0]
     if not np.isfinite(raw).all():
         raise ValueError(f"{image_path} has {int((~np.isfinite(raw)).sum())} NaN or infinite pixels")
-    planes = raw[None] if raw.ndim == 2 or c > 1 else raw
+    planes = raw[None] if single else raw
     maps = np.stack([nfp.log_density(nfp.normalize(plane, model=prior)[0], prior, device=device) for plane in planes])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{Path(image_path).stem}_log_density.tif"
-    _write_tif(target, maps[0] if len(planes) == 1 and (raw.ndim == 2 or c > 1) else maps)
+    _write_tif(target, maps[0] if single else maps)
     per_plane = maps.reshape(len(maps), -1).mean(1)
     return {"image": str(image_path), "shape": list(raw.shape), "output": str(target),
             "mean_nats_per_pixel": float(maps.mean()), "planes_mean_nats_per_pixel": per_plane.tolist()}
