@@ -831,10 +831,10 @@ def check_solve_values(iterations, weight, lr, tol) -> None:
     the method has one) a finite number >= 0, ``lr`` a finite positive number and ``tol`` >= 0."""
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    for name, value, low_ok in (("weight (the prior weight)", weight, True), ("lr", lr, False),
-                                ("tol", tol, True)):
-        if value is None and name.startswith("weight"):
-            continue
+    checks = [("lr", lr, False), ("tol", tol, True)]
+    if weight is not None:
+        checks.append(("weight (the prior weight)", weight, True))
+    for name, value, low_ok in checks:
         number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
         if not number or not (0 <= value < math.inf if low_ok else 0 < value < math.inf):
             raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {value!r}")
