@@ -129,9 +129,19 @@ def from_frame(x: torch.Tensor, frame: Frame) -> torch.Tensor:
     return torch.rot90(x, -turns, (-2, -1)) if turns else x
 
 
+def is_integer(value) -> bool:
+    """An int or numpy integer, not a bool: what a count setting may be."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int, float or numpy number, not a bool: what a numeric setting may be."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def check_ensemble(count) -> None:
     """ValueError unless ``count`` is an ensemble size: an integer from 1 to len(FRAMES)."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= len(FRAMES):
+    if not is_integer(count) or not 1 <= count <= len(FRAMES):
         raise ValueError(f"ensemble must be an integer from 1 to {len(FRAMES)}, got {count}")
 
 
@@ -829,22 +839,20 @@ def _progress(steps, losses: list[float], total: int):
 def check_solve_values(iterations, weight, lr, tol) -> None:
     """ValueError unless ``iterations`` is a positive integer, ``weight`` (the prior weight, where
     the method has one) a finite number >= 0, ``lr`` a finite positive number and ``tol`` >= 0."""
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+    if not is_integer(iterations) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     checks = [("lr", lr, False), ("tol", tol, True)]
     if weight is not None:
         checks.append(("weight (the prior weight)", weight, True))
     for name, value, low_ok in checks:
-        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if not number or not (0 <= value < math.inf if low_ok else 0 < value < math.inf):
+        if not is_number(value) or not (0 <= value < math.inf if low_ok else 0 < value < math.inf):
             raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {value!r}")
 
 
 def check_posterior(chains=None, temperature=None, step=None) -> None:
     """ValueError unless the posterior settings given (not None) are valid: ``chains`` an integer
     from 1 to 64, ``temperature`` and ``step`` (the Langevin step factor, ``lr``) positive."""
-    if chains is not None and (isinstance(chains, bool) or not isinstance(chains, (int, np.integer))
-                               or not 1 <= chains <= 64):
+    if chains is not None and (not is_integer(chains) or not 1 <= chains <= 64):
         raise ValueError(f"chains must be an integer from 1 to 64, got {chains!r}")
     for name, value in (("temperature", temperature), ("lr (the Langevin step factor)", step)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -26,6 +26,7 @@ from .flows import FlowModel, build_model, load_model, save_model
 from .imageio import as_planes, image_files, read_image
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import percentile_scaling
+from .solvers import is_integer, is_number
 from .solvers import run_to_end  # noqa: F401  (re-exported: drives train_steps)
 
 
@@ -73,11 +74,11 @@ def check_config(config: TrainConfig) -> None:
                      "n_bins", "channels") + (("steps",) if config.steps is not None else ())
     for name in positive_ints:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for name in ("lr", "grad_clip") + (("minutes",) if config.minutes is not None else ()):
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        if not is_number(value) or not 0 < value < math.inf:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if not 0 < config.val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction!r}")
