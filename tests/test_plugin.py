@@ -266,6 +266,38 @@ def test_error_paths_show_a_message_and_change_nothing(make_napari_viewer, qtbot
     np.testing.assert_array_equal(viewer.layers["gray"].data, original)
 
 
+def test_model_chooser_follows_the_layer(make_napari_viewer, qtbot, models):
+    """Samples choose their shipped prior, result layers the model that made them (name or file);
+    a plain layer leaves the user's choice alone. A new error clears the last run's figures."""
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, "ReconstructWidget")
+    density = make_widget(viewer, "DensityWidget")
+    assert widget.model.combo.value == "nuclei" == density.model.combo.value
+    viewer.open_sample(PLUGIN, "digits")
+    widget.image.value = density.image.value = viewer.layers["digits"]
+    assert widget.model.value_source() == "digits" == density.model.value_source()
+
+    viewer.add_image(test_image(), name="plain")
+    quick(widget)
+    widget.image.value = viewer.layers["plain"]
+    assert widget.model.value_source() == "tiny"  # a plain layer names no model
+    run_and_wait(qtbot, widget)
+    assert "done in" in widget.metrics.value
+    density.image.value = viewer.layers["plain reconstruction"]
+    assert density.model.value_source() == "tiny"
+
+    widget.model.select(str(models["rgb"]))
+    viewer.add_image(np.stack([test_image()] * 3, axis=-1), name="colour", rgb=True)
+    widget.image.value = viewer.layers["colour"]
+    run_and_wait(qtbot, widget)
+    density.model.select("tiny")
+    density.image.value = viewer.layers["colour reconstruction"]
+    assert density.model.value_source() == str(models["rgb"])  # a file outside the chooser's list
+
+    widget.image.value = viewer.layers["plain"]  # grayscale layer, RGB model: an error
+    assert widget.run() is None and widget.metrics.value == ""
+
+
 # --------------------------------------------------------------------------------- density, training
 def test_density_widget(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()

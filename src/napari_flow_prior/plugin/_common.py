@@ -4,6 +4,7 @@ cancel, and putting result layers into the viewer (updating earlier ones in plac
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
@@ -11,12 +12,15 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
+from ..flows import available_models
+
 from ._core import Step, model_card
 
 if TYPE_CHECKING:
     import napari
 
 FILE_CHOICE = "model file..."
+DEFAULT_MODEL = "nuclei"  # the chooser's first choice when nothing else is known
 
 
 class _ModelEvents:
@@ -29,8 +33,6 @@ model_events = _ModelEvents()
 
 
 def model_choices(*_) -> list[str]:
-    from ..flows import available_models
-
     return [*available_models(), FILE_CHOICE]
 
 
@@ -48,6 +50,8 @@ class ModelChooser(Container):
         self.combo.changed.connect(self._update)
         self.file.changed.connect(self._update)
         model_events.changed.connect(self._refresh)
+        if DEFAULT_MODEL in self.combo.choices:
+            self.combo.value = DEFAULT_MODEL
         self._update()
 
     def _refresh(self):
@@ -75,6 +79,18 @@ class ModelChooser(Container):
             self.combo.value = FILE_CHOICE
             self.file.value = str(name_or_path)
         self._update()
+
+    def follow_layer(self, layer) -> None:
+        """Choose the model a layer names, if it is still available: a sample image's matching
+        prior, or the model that made a result layer (its provenance). Other layers change nothing."""
+        metadata = getattr(layer, "metadata", None) or {}
+        provenance = metadata.get("napari_flow_prior") or {}
+        name, path = metadata.get("model") or provenance.get("model"), provenance.get("model_path")
+        named = available_models().get(str(name)) if name else None
+        if path and Path(path).is_file() and not (named and named.resolve() == Path(path).resolve()):
+            self.select(path)  # a file of its own (not the model of that name in the chooser)
+        elif named:
+            self.select(name)
 
     def _update(self, *_):
         self.file.visible = self.combo.value == FILE_CHOICE

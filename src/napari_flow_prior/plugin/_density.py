@@ -24,6 +24,8 @@ class DensityWidget(Container):
         self.viewer = viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelChooser()
+        self.image.changed.connect(self.model.follow_layer)  # a sample or result layer names its prior
+        self.model.follow_layer(self.image.value)
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.run_button, self.cancel_button, self.status = buttons("Compute log-density")
         super().__init__(widgets=[self.image, self.model, self.device, self.run_button, self.cancel_button,

@@ -38,6 +38,8 @@ class ReconstructWidget(Container):
         self.viewer = viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelChooser()
+        self.image.changed.connect(self.model.follow_layer)  # a sample or result layer names its prior
+        self.model.follow_layer(self.image.value)
         self.mode = RadioButtons(label="mode", choices=[("simulate from a clean image", "simulate"),
                                                          ("measured data", "measured")], value="simulate",
                                  tooltip="simulate: the layer is ground truth, measured here first; "
@@ -186,13 +188,13 @@ class ReconstructWidget(Container):
         """Start a reconstruction in the background (returns the worker, or None on bad input)."""
         if self.runner.running:
             return None
+        self.metrics.value = ""  # the last run's figures must not stand beside a new error
         try:
             gen = self.build_job()
         except ValueError as err:
             self.runner.message(str(err))
             return None
         image = self.image.value
-        self.metrics.value = ""
         return self.runner.start(gen, f"Reconstructing {image.name}", lambda layers: self._finish(layers, image))
 
     def _finish(self, layers, image):

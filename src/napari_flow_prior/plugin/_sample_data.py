@@ -26,7 +26,8 @@ def load_sample(key: str) -> np.ndarray:
 
 def _sample(key: str) -> list:
     name, description = SAMPLES[key]
-    return [(load_sample(key), {"name": name, "metadata": {"sample": description}}, "image")]
+    # "model": the shipped prior for this sample; the widgets choose it when the layer is chosen
+    return [(load_sample(key), {"name": name, "metadata": {"sample": description, "model": key}}, "image")]
 
 
 def nuclei_sample() -> list:
