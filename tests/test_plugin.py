@@ -336,6 +336,15 @@ def test_train_widget_saves_to_user_models(make_napari_viewer, qtbot, models):
     again = make_widget(viewer, "ReconstructWidget")
     assert "my-prior" in again.model.combo.choices
     assert names(viewer) == ["train-me"]
+    # a second save under the same name needs 'replace'; a shipped model's name is refused
+    before = path.read_bytes()
+    assert trainer.save() is None and "tick 'replace" in trainer.runner.last_message
+    assert path.read_bytes() == before
+    trainer.replace.value = True
+    assert trainer.save() == path
+    trainer.model_name.value = "nuclei"
+    assert trainer.save() is None and "shipped model" in trainer.runner.last_message
+    assert not (models["user"] / "nuclei.safetensors").exists()
 
 
 def test_train_cancel_keeps_no_model(make_napari_viewer, qtbot, models):
@@ -371,6 +380,24 @@ def test_plain_functions_without_viewer(models):
         run_reconstruction(image, "tiny", OperatorSpec("cs"), space="pixels")
     with pytest.raises(ValueError, match="ensemble must be an integer from 1 to 8"):
         run_reconstruction(image, "tiny", OperatorSpec("cs"), ensemble=16)
+
+
+def test_training_on_rgb_layers(models):
+    """A 1-channel model learns each colour channel as an image (a dim blue channel is scaled on
+    its own); a 3-channel model the colour image; grayscale layers cannot feed an RGB model."""
+    from napari_flow_prior.plugin import run_training
+
+    colour = np.stack([test_image((64, 64)), test_image((64, 64), seed=1), 0.01 * test_image((64, 64), seed=2)], -1)
+    kw = dict(steps=2, size={"levels": 2, "steps_per_level": 1, "hidden": 8}, patch=16, batch=4, device="cpu")
+    gray = run_to_end(run_training([colour], rgb=[True], **kw))
+    assert gray.channels == 1 and gray.metadata["training"]["n_images"] == 3  # one per colour
+    assert np.isfinite(gray.metadata["metrics"]["val_bpd"])
+    rgb = run_to_end(run_training([colour[None].repeat(2, 0)], rgb=[True], channels=3, **kw))
+    assert rgb.channels == 3
+    with pytest.raises(ValueError, match="grayscale layer but the model has 3"):
+        run_training([colour[..., 0]], rgb=[False], channels=3, **kw)
+    with pytest.raises(ValueError, match="last axis of 3 or 4"):
+        run_training([colour[..., :2]], rgb=[True], **kw)
 
 
 def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):

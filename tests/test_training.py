@@ -69,6 +69,22 @@ def test_validation_blocks_never_overlap_training_patches():
         assert not val_mask[i][r:r + p, c:c + p].any()
 
 
+def test_a_single_small_image_holds_out_one_patch_block():
+    plane = blobs(1, size=48)[0][None].astype(np.float32) / 255  # one 32x32 block: too small for blocks
+    data = make_dataset([plane], tiny())
+    assert len(data.val) == 1 and data.val[0].shape == (1, 16, 16)
+    held = np.zeros((48, 48), bool)
+    for r in range(3):
+        for c in range(3):
+            if np.array_equal(plane[:, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16], data.val[0]):
+                held[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = True
+    assert held.sum() == 256 and len(data.positions) > 0
+    for _, r, c in data.positions:
+        assert not held[r:r + 16, c:c + 16].any()
+    with pytest.raises(ValueError, match="one 20x20 image has no room for a 16x16 validation block"):
+        make_dataset([plane[:, :20, :20]], tiny())
+
+
 def test_resume_continues_exactly(tmp_path):
     images = blobs(2)
     straight = run_to_end(train_steps(images, tiny(steps=40)))

@@ -181,7 +181,8 @@ def make_dataset(planes: list[np.ndarray], config: TrainConfig, val_planes=None,
     With ``val_planes`` given, all of ``planes`` is training data. Otherwise each image large
     enough for several blocks (``val_block``, default 2 * patch) gives a random
     ``val_fraction`` of its blocks to validation, and patches are drawn only where they overlap
-    no validation pixel; images too small for that are held out whole, by the same fraction.
+    no validation pixel; images too small for that are held out whole, by the same fraction, and
+    a single such image gives one patch-sized block instead.
     """
     p = config.patch
     for plane, name in zip(planes, names or ["image"] * len(planes)):
@@ -209,8 +210,18 @@ def make_dataset(planes: list[np.ndarray], config: TrainConfig, val_planes=None,
                 r, c = divmod(int(b), cols)
                 val.append(plane[:, r * block:(r + 1) * block, c * block:(c + 1) * block])
                 free_masks[i][r * block:(r + 1) * block, c * block:(c + 1) * block] = False
+        if not val and small:  # a lone small image: hold out one patch-sized block of the largest
+            i = max(small, key=lambda k: planes[k].shape[1] * planes[k].shape[2])
+            rows, cols = planes[i].shape[1] // p, planes[i].shape[2] // p
+            if rows * cols >= 2:
+                r, c = divmod(int(rng.integers(rows * cols)), cols)
+                val.append(planes[i][:, r * p:(r + 1) * p, c * p:(c + 1) * p])
+                free_masks[i][r * p:(r + 1) * p, c * p:(c + 1) * p] = False
         if not val:
-            raise ValueError("not enough data to hold out a validation set; give validation images")
+            shape = planes[0].shape[1:]
+            raise ValueError(f"not enough data to hold out a validation set: one {shape[0]}x{shape[1]} image "
+                             f"has no room for a {p}x{p} validation block beside a training patch; give a "
+                             "larger image, more images, validation images, or a smaller patch size")
     positions = []
     for i, free in enumerate(free_masks):
         corners = _allowed_corners(free, p)

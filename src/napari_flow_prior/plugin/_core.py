@@ -538,9 +538,12 @@ MODEL_SIZES = {
 
 def run_training(images: list, *, steps: int = 500, size: str | dict = "small (levels 3, 4 steps, 32 hidden)",
                  kind: str = "glow", patch: int = 32, batch: int = 16, init=None, device: str = "auto",
-                 seed: int = 0, val_every: int | None = None, channels: int = 1):
+                 seed: int = 0, val_every: int | None = None, channels: int = 1, rgb: list[bool] | None = None):
     """Train a prior (or fine-tune ``init``: a model, name or path) on layer arrays.
 
+    Grayscale layers: every plane of a stack is an image. RGB layers (``rgb[i]`` True, shape
+    ``(..., H, W, 3|4)``, alpha dropped): each colour channel is an image for a 1-channel model (as
+    the Reconstruct widget runs such a model channel by channel), the colour image for a 3-channel one.
     Returns ``train_steps``'s generator: it yields ``TrainProgress`` (step, loss, live validation
     bits/dim) and returns the trained model (save it with :func:`save_user_model`)."""
     from ..training import TrainConfig, train_steps
@@ -555,16 +558,32 @@ def run_training(images: list, *, steps: int = 500, size: str | dict = "small (l
                 "steps_per_level": init.architecture.get("steps", 8),
                 "hidden": init.architecture.get("hidden", 64)}
         kind = init.architecture.get("kind", kind)
+    rgb = list(rgb) if rgb is not None else [False] * len(images)
+    if len(rgb) != len(images):
+        raise ValueError(f"rgb has {len(rgb)} flags for {len(images)} images")
+    if channels not in (1, 3):
+        raise ValueError(f"the plugin trains 1-channel (grayscale) or 3-channel (RGB) models, not {channels}")
     arrays = []
-    for i, image in enumerate(images):
+    for i, (image, is_rgb) in enumerate(zip(images, rgb)):
         array = np.asarray(image)
         if array.ndim < 2:
             raise ValueError(f"image {i + 1} has shape {array.shape}; an image needs 2 dimensions")
         if not np.isfinite(array).all():
             raise ValueError(f"image {i + 1} has NaN or infinite pixels")
+        if is_rgb:
+            if array.ndim < 3 or array.shape[-1] not in (3, 4):
+                raise ValueError(f"image {i + 1}: an RGB layer needs a last axis of 3 or 4, got shape {array.shape}")
+            array = np.moveaxis(array[..., :3], -1, -3)  # (..., 3, H, W)
+            array = array.reshape(-1, *array.shape[-2:]) if channels == 1 else array.reshape(-1, 3, *array.shape[-2:])
+        elif channels == 3:
+            raise ValueError(f"image {i + 1} is a grayscale layer but the model has 3 (RGB) channels; "
+                             "train on RGB layers or start from a 1-channel model")
+        else:
+            array = array.reshape(-1, *array.shape[-2:])
         arrays.append(array)
     config = TrainConfig(kind=kind, patch=patch, batch=batch, steps=int(steps), device=device, seed=seed,
-                         channels=channels, warmup=min(200, max(1, steps // 10)),
+                         channels=channels, channel_axis=1 if channels == 3 else None,
+                         warmup=min(200, max(1, steps // 10)),
                          val_every=val_every or max(1, min(200, steps // 5)),
                          checkpoint_every=10**9, **arch)
     try:
@@ -573,17 +592,25 @@ def run_training(images: list, *, steps: int = 500, size: str | dict = "small (l
         raise ValueError(f"cannot train: {err}") from None
 
 
-def save_user_model(model, name: str, domain: str = "", folder: str | Path | None = None) -> Path:
+def save_user_model(model, name: str, domain: str = "", folder: str | Path | None = None,
+                    overwrite: bool = False) -> Path:
     """Save a trained model as ``<user models folder>/<name>.safetensors`` (it then shows up in
-    ``available_models()`` and the model choosers)."""
+    ``available_models()`` and the model choosers). A shipped model's name is refused (the shipped
+    model would hide it), and so is an existing file unless ``overwrite``."""
     from ..flows import save_model
-    from ..flows.files import user_models_dir
+    from ..flows.files import shipped_models_dir, user_models_dir
 
     name = name.strip()
     if not name or any(ch in name for ch in '/\\:*?"<>|') or name.startswith("."):
         raise ValueError(f"model name {name!r} is not a valid file name")
+    if (shipped_models_dir() / f"{name}.safetensors").is_file():
+        raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
     folder = Path(folder) if folder is not None else user_models_dir()
-    return save_model(model, folder / f"{name}.safetensors", domain=domain or name)
+    path = folder / f"{name}.safetensors"
+    if path.exists() and not overwrite:
+        raise ValueError(f"a model named {name!r} already exists ({path}); choose another name, or "
+                         "replace it")
+    return save_model(model, path, domain=domain or name)
 
 
 __all__ = ["OperatorSpec", "Step", "model_card", "resolve_model", "run_density", "run_reconstruction",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, Select, SpinBox
 
 from ._common import JobRunner, buttons, model_choices, model_events
 from ._core import MODEL_SIZES, Step, run_training, save_user_model
@@ -52,10 +52,11 @@ class TrainWidget(Container):
         self.model_name = LineEdit(label="model name", value="my-prior")
         self.domain = LineEdit(label="domain", value="", tooltip="what the images show (for the model card)")
         self.run_button, self.cancel_button, self.status = buttons("Train")
+        self.replace = CheckBox(text="replace a saved model of this name", value=False)
         self.save_button = PushButton(text="Save", enabled=False)
         super().__init__(widgets=[self.images, self.init, self.size, self.steps, self.patch, self.batch,
                                   self.device, self.seed, self.run_button, self.cancel_button, self.status,
-                                  self.model_name, self.domain, self.save_button])
+                                  self.model_name, self.domain, self.replace, self.save_button])
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
         self.model = None
         self.saved_path = None
@@ -91,7 +92,8 @@ class TrainWidget(Container):
             init = None if self.init.value == NEW_MODEL else self.init.value
             gen = run_training([layer.data for layer in layers], steps=int(self.steps.value), size=self.size.value,
                                patch=int(self.patch.value), batch=int(self.batch.value), init=init,
-                               device=self.device.value, seed=int(self.seed.value))
+                               device=self.device.value, seed=int(self.seed.value),
+                               rgb=[bool(layer.rgb) for layer in layers])
         except (ValueError, KeyError) as err:
             self.runner.message(str(err))
             return None
@@ -113,9 +115,11 @@ class TrainWidget(Container):
             self.runner.message("train a model first", "warning")
             return None
         try:
-            path = save_user_model(self.model, self.model_name.value, self.domain.value)
+            path = save_user_model(self.model, self.model_name.value, self.domain.value,
+                                   overwrite=bool(self.replace.value))
         except (ValueError, OSError) as err:
-            self.runner.message(f"cannot save: {err}")
+            text = str(err).replace("or replace it", "or tick 'replace a saved model of this name'")
+            self.runner.message(f"cannot save: {text}")
             return None
         self.saved_path = path
         model_events.changed.emit()
