@@ -234,6 +234,34 @@ def test_stack_gives_stack_and_rgb_runs_channel_by_channel(make_napari_viewer, q
     assert viewer.layers["colour log-density"].data.shape == (32, 32)
 
 
+def test_current_plane_only_equals_that_plane_of_the_whole_run(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    stack = np.stack([test_image(seed=i) for i in range(3)])
+    viewer.add_image(stack, name="z", scale=(2.0, 1.0, 1.0), translate=(10.0, 0.0, 0.0))
+    painted = np.zeros(stack.shape, np.int32)
+    painted[1, 4:12, 4:20] = 1  # painted on plane 1 only
+    viewer.add_labels(painted, name="holes", scale=(2.0, 1.0, 1.0), translate=(10.0, 0.0, 0.0))
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=3)
+    widget.image.value = viewer.layers["z"]
+    assert not widget.planes.native.isHidden()  # offered for a stack
+    for source in (None, "holes"):  # a random mask (seed per plane) and a painted stack
+        widget.mask_source.value = None if source is None else viewer.layers[source]
+        widget.planes.value = "all"
+        run_and_wait(qtbot, widget)
+        whole = viewer.layers["z reconstruction"].data.copy()
+        viewer.dims.set_point(0, 12.0)  # world z of plane 1
+        widget.planes.value = "current"
+        run_and_wait(qtbot, widget)
+        one = viewer.layers["z (plane 1) reconstruction"]
+        assert one.data.shape == (1, 32, 32) and np.allclose(one.translate, (12.0, 0.0, 0.0))
+        np.testing.assert_allclose(one.data[0], whole[1], atol=1e-5)
+        assert one.metadata["napari_flow_prior"]["plane_offset"] == 1
+    viewer.add_image(test_image(), name="flat")
+    widget.image.value = viewer.layers["flat"]
+    assert widget.planes.native.isHidden()
+
+
 def test_error_paths_show_a_message_and_change_nothing(make_napari_viewer, qtbot, models):
     viewer = make_napari_viewer()
     widget = make_widget(viewer, "ReconstructWidget")

@@ -215,6 +215,15 @@ class _Failure:
         self.text = text
 
 
+def current_plane(layer, viewer: "napari.Viewer") -> tuple[int, ...]:
+    """The index, along the layer's stack axes (all but the last two spatial ones), of the plane
+    the viewer shows now."""
+    n_lead = layer.ndim - 2
+    point = layer.world_to_data(viewer.dims.point)  # uses the world's last layer.ndim axes
+    shape = layer.data.shape
+    return tuple(int(min(max(round(float(v)), 0), shape[i] - 1)) for i, v in enumerate(point[:n_lead]))
+
+
 def layer_geometry(layer) -> dict:
     """The spatial placement of a layer, for outputs that sit on top of it."""
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}

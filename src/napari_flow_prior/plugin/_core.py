@@ -258,6 +258,7 @@ def run_reconstruction(
     layer_kwargs: dict | None = None,
     image_kwargs: dict | None = None,
     cancel: Callable[[], bool] | None = None,
+    plane_offset: int = 0,
 ) -> Iterator[Step]:
     """Reconstruct every plane of ``data`` (a layer's array) with a flow prior.
 
@@ -278,7 +279,9 @@ def run_reconstruction(
     ``baseline=True``, ``<name> baseline``. ``layer_kwargs`` (scale,
     translate, ...) go to every output, ``image_kwargs`` (e.g. contrast limits) to the image-valued
     ones. ``cancel()`` returning True stops the work within one optimiser evaluation (raising
-    ``napari_flow_prior.Cancelled``); so does closing the generator.
+    ``napari_flow_prior.Cancelled``); so does closing the generator. ``plane_offset``: the index of
+    ``data``'s first plane in a larger stack; the per-plane seeds follow it, so one plane cut out of a
+    stack gives what the whole stack's run gives for it.
     """
     operator = operator or OperatorSpec()
     if operator.kind not in OPERATORS:
@@ -336,12 +339,12 @@ def run_reconstruction(
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
                                  method=method, iterations=iterations, weight=weight, space=space,
                                  ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
-                                 image_kwargs=image_kwargs, cancel=cancel)
+                                 image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset))
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
                           method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
-                          image_kwargs, cancel):
+                          image_kwargs, cancel, plane_offset):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
 
@@ -367,13 +370,13 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         plane_missing = None
         if missing is not None:
             plane_missing = missing if missing.ndim == 2 else missing[n]
-        op = spec.build(op_shape, seed + n, plane_missing)
+        op = spec.build(op_shape, seed + plane_offset + n, plane_missing)
         finite = np.isfinite(plane)
         if mode == "simulate":
             if not finite.all():
                 raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
             truth, scaling = nfp.normalize(plane, model=model)
-            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j)
+            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j + plane_offset * (n_jobs // layout.n_planes))
         else:
             observed = finite
             if op.kind == "mask":
@@ -447,7 +450,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         "params": first_params,
         "noise_sigma": noise_used[0] if len(set(noise_used)) == 1 else noise_used,
         "seed": seed,
-        "plane_seeds": "seed + plane index" if layout.n_planes > 1 else None,
+        "plane_seeds": "seed + plane index" if layout.n_planes > 1 or plane_offset else None,
+        "plane_offset": plane_offset or None,
         "planes": layout.n_planes,
         "channel_by_channel": layout.split,
         "device": result.device,

@@ -17,7 +17,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._common import JobRunner, ModelChooser, buttons, layer_geometry, put_layers
+from ._common import JobRunner, ModelChooser, buttons, current_plane, layer_geometry, put_layers
 from ._core import METHODS, OperatorSpec, run_reconstruction
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class ReconstructWidget(Container):
                                                          ("measured data", "measured")], value="simulate",
                                  tooltip="simulate: the layer is ground truth, measured here first; "
                                          "measured: the layer already is the measurement")
+        self.planes = ComboBox(label="planes", choices=[("all planes", "all"), ("current plane only", "current")],
+                               value="all", tooltip="a stack: every plane, or only the one on screen (a quick "
+                                                    "preview; it equals that plane of an all-planes run)")
         self.operator = ComboBox(label="operator", choices=OPERATOR_CHOICES, value="mask")
         self.mask_source = ComboBox(label="missing pixels", choices=self._mask_choices,
                                     tooltip="random pixels, or a Labels/Shapes layer: painted = missing")
@@ -81,13 +84,13 @@ class ReconstructWidget(Container):
         self.metrics = Label(value="")
         self.metrics.native.setWordWrap(True)
         super().__init__(widgets=[
-            self.image, self.model, self.mode, self.operator, self.mask_source, self.missing_fraction,
+            self.image, self.model, self.mode, self.planes, self.operator, self.mask_source, self.missing_fraction,
             self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
             self.weight, self.space, self.ensemble, self.chains, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
-        for w in (self.operator, self.mode, self.mask_source, self.psf_source, self.method):
+        for w in (self.image, self.operator, self.mode, self.mask_source, self.psf_source, self.method):
             w.changed.connect(self._sync_visibility)
         self.run_button.changed.connect(self.run)
         viewer.layers.selection.events.active.connect(self._follow_active)
@@ -123,6 +126,8 @@ class ReconstructWidget(Container):
 
     def _sync_visibility(self, *_):
         kind = self.operator.value
+        image = self.image.value
+        self.planes.visible = image is not None and image.ndim > 2
         self.mask_source.visible = kind == "mask"
         self.missing_fraction.visible = kind == "mask" and self.mask_source.value is None
         self.psf_source.visible = kind == "blur"
@@ -164,8 +169,18 @@ class ReconstructWidget(Container):
         spec = OperatorSpec(kind=kind, missing_fraction=float(self.missing_fraction.value),
                             sigma=float(self.sigma.value), ratio=float(self.ratio.value),
                             block=int(self.block.value))
+        data, name, geometry, offset = image.data, image.name, layer_geometry(image), 0
+        plane = current_plane(image, self.viewer) if image.ndim > 2 and self.planes.value == "current" else None
         if kind == "mask" and self.mask_source.value is not None:
             spec.missing = self._missing_from_layer(self.mask_source.value, image)
+            if plane is not None and spec.missing.shape[:-2] == image.data.shape[:len(plane)]:
+                spec.missing = spec.missing[plane]  # the painted stack's plane
+        if plane is not None:  # one plane, kept at its place in the stack (length-1 stack axes)
+            data = np.asarray(data[plane])[(None,) * len(plane)]
+            shift = [i * s for i, s in zip(plane, geometry["scale"])] + [0.0, 0.0]
+            geometry["translate"] = tuple(t + d for t, d in zip(geometry["translate"], shift))
+            name = f"{image.name} (plane {', '.join(map(str, plane))})"
+            offset = int(np.ravel_multi_index(plane, image.data.shape[:len(plane)]))  # seeds as in an all-planes run
         if kind == "blur" and self.psf_source.value is not None:
             spec.psf = np.asarray(self.psf_source.value.data, np.float64)
         weight = self.weight.value.strip().lower() if self.method.value in ("map", "latent") else ""
@@ -175,12 +190,12 @@ class ReconstructWidget(Container):
             raise ValueError(f"prior weight must be a number or 'default', got {weight!r}") from None
         contrast = tuple(image.contrast_limits) if not image.rgb else None
         return run_reconstruction(
-            image.data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
+            data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
             space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
             chains=int(self.chains.value) if self.method.value == "posterior" else None, device=self.device.value,
-            seed=int(self.seed.value), baseline=bool(self.baseline.value),
-            name=image.name, rgb=bool(image.rgb), layer_kwargs=layer_geometry(image),
+            seed=int(self.seed.value), plane_offset=offset, baseline=bool(self.baseline.value),
+            name=name, rgb=bool(image.rgb), layer_kwargs=geometry,
             image_kwargs={"contrast_limits": contrast} if contrast else None,
             cancel=self.runner.is_cancelled)
 
