@@ -293,6 +293,21 @@ def test_log_density_matches_log_prob(model, image):
         nfp.log_density(np.full((4, 4), np.nan), model)
 
 
+def test_model_given_by_path_or_name(model, image, tmp_path, monkeypatch):
+    path = nfp.save_model(model, tmp_path / "blobs.safetensors")
+    op = nfp.operators.Mask.random(image.shape, 0.5, seed=0)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    by_object = nfp.reconstruct(y, op, model, iterations=5)
+    by_path = nfp.reconstruct(y, op, str(path), iterations=5)
+    np.testing.assert_allclose(by_path.image, by_object.image, atol=1e-6)
+    monkeypatch.setenv("NAPARI_FLOW_PRIOR_MODELS", str(tmp_path))
+    np.testing.assert_allclose(nfp.log_density(image, "blobs"), nfp.log_density(image, model), atol=1e-5)
+    with pytest.raises(TypeError, match="model must be a FlowModel, a model name or a .safetensors path"):
+        nfp.reconstruct(y, op, None)
+    with pytest.raises(FileNotFoundError, match="no model named or at 'no-such-prior'"):
+        nfp.log_density(image, "no-such-prior")
+
+
 def map_objective(model, op, y, x, sigma, weight):
     """||A x - y||^2 / (2 sigma^2) - weight * log p(x), per pixel: what method 'map' minimises."""
     xt = torch.as_tensor(np.asarray(x, np.float32))

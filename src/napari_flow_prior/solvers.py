@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import torch
 from . import operators as ops
 from . import posterior
 from .devices import available_devices, resolve_device
-from .flows import FlowModel, Latent
+from .flows import FlowModel, Latent, load_model
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import Scaling, percentile_scaling
 
@@ -157,7 +158,20 @@ def symmetry_frames(model: FlowModel, count: int) -> tuple[Frame, ...]:
     return FRAMES[:count]
 
 
-def normalize(image, observed=None, model: FlowModel | None = None) -> tuple[np.ndarray, Scaling]:
+ModelLike = FlowModel | str | os.PathLike
+
+
+def as_model(model: ModelLike) -> FlowModel:
+    """The model itself, or the shipped/user model of that name, or the ``.safetensors`` file at
+    that path (loaded), so every public function takes any of them."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, FlowModel) or hasattr(model, "log_prob"):  # a model, or a wrapper of one
+        return model
+    raise TypeError(f"model must be a FlowModel, a model name or a .safetensors path, got {type(model).__name__}")
+
+
+def normalize(image, observed=None, model: ModelLike | None = None) -> tuple[np.ndarray, Scaling]:
     """Scale an image to the [0, 1] range of ``model`` (its ``normalization`` metadata: percentiles
     over the observed, finite pixels), returning the scaled image and the ``Scaling`` whose
     ``restore`` maps results back to the input's units. The input is never modified. A (C, H, W)
@@ -165,6 +179,7 @@ def normalize(image, observed=None, model: FlowModel | None = None) -> tuple[np.
     norm = dict(DEFAULT_NORMALIZATION)
     channel_axis = None
     if model is not None:
+        model = as_model(model)
         norm.update(model.metadata.get("normalization") or {})
         shape = np.shape(image)
         if model.channels > 1 and len(shape) == 3 and shape[0] == model.channels:
@@ -445,7 +460,7 @@ def _minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, grap
 def reconstruct_steps(
     y,
     op,
-    model: FlowModel,
+    model: ModelLike,
     *,
     method: str = "map",
     noise_sigma: float | str = 0.01,
@@ -500,6 +515,7 @@ def reconstruct_steps(
     returns ``Result``.
     """
     t0 = time.time()
+    model = as_model(model)
     y, op = _check_inputs(y, op, model)
     settings = solver_defaults(method, op.kind, model)
     if space is not None and method != "map":
@@ -883,8 +899,9 @@ def run_to_end(gen, callback=None):
             callback(progress)
 
 
-def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, callback=None, **kwargs) -> Result:
-    """Run ``reconstruct_steps`` to the end (``callback(progress)`` after each step).
+def reconstruct(y, op, model: ModelLike, *, channel_axis: int | None = None, callback=None, **kwargs) -> Result:
+    """Run ``reconstruct_steps`` to the end (``callback(progress)`` after each step). ``model``
+    (here and in every public function) is a ``FlowModel``, a model name or a ``.safetensors`` path.
 
     With ``channel_axis``, ``y`` holds several channels and a 1-channel model reconstructs each
     with the (single-channel) operator ``op``; the results are stacked on that axis.
@@ -895,6 +912,7 @@ def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, cal
     cluster included: the Result's ``image`` (stack + ``op.shape``) and ``log_density`` (stack +
     (H, W)) are dask arrays, its losses are empty and ``n_iter`` is 0.
     """
+    model = as_model(model)  # once, not per plane
     if _is_dask(y):
         if channel_axis is not None:
             raise ValueError("channel_axis is not supported for dask input; put channels on a stack axis")
@@ -904,9 +922,10 @@ def reconstruct(y, op, model: FlowModel, *, channel_axis: int | None = None, cal
     return run_to_end(reconstruct_stack_steps(y, op, model, axis=channel_axis, **kwargs), callback)
 
 
-def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **kwargs) -> Iterator[Progress]:
+def reconstruct_stack_steps(y_stack, op, model: ModelLike, *, axis: int = 0, **kwargs) -> Iterator[Progress]:
     """Plane by plane along ``axis`` (a z-stack, time series, or channels with a 1-channel model);
     yields the progress of every plane and returns a Result whose arrays are stacked on ``axis``."""
+    model = as_model(model)
     y_stack = np.asarray(y_stack)
     if y_stack.ndim != len(op.out_shape) + 1:
         raise ValueError(f"a stack has one axis more than the operator's measurements {tuple(op.out_shape)}; "
@@ -927,12 +946,12 @@ def reconstruct_stack_steps(y_stack, op, model: FlowModel, *, axis: int = 0, **k
         std=None if first.std is None else np.moveaxis(np.stack([r.std for r in results]), 0, axis))
 
 
-def reconstruct_stack(y_stack, op, model: FlowModel, *, axis: int = 0, callback=None, **kwargs) -> Result:
+def reconstruct_stack(y_stack, op, model: ModelLike, *, axis: int = 0, callback=None, **kwargs) -> Result:
     """``reconstruct_stack_steps`` run to the end."""
     return run_to_end(reconstruct_stack_steps(y_stack, op, model, axis=axis, **kwargs), callback)
 
 
-def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
+def log_density(image, model: ModelLike, device: str = "auto") -> np.ndarray:
     """Per-pixel log-density (H, W) in nats of an image in [0, 1] ((H, W) or (C, H, W)), summed
     over channels; its sum is log p(image).
 
@@ -940,6 +959,7 @@ def log_density(image, model: FlowModel, device: str = "auto") -> np.ndarray:
     (C, H, W)): the result is a lazy dask array of the stack's (..., H, W) maps, computed chunk by
     chunk with each plane whole.
     """
+    model = as_model(model)
     if _is_dask(image):
         return _log_density_dask(image, model, device)
     image = np.asarray(image, np.float32)
