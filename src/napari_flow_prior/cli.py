@@ -67,13 +67,14 @@ def _write_tif(path: Path, array, rgb: bool = False) -> None:
 
 
 def _model_layout(raw: np.ndarray, channels: int, image_path) -> tuple[np.ndarray, bool]:
-    """One image as the model takes it: (H, W) for a 1-channel model (RGB averaged to grey), (C, H, W)
-    for a C-channel one (from (C, H, W) or (H, W, C)); and whether the channels came last."""
+    """One image as the model takes it: (H, W) for a 1-channel model, (C, H, W) for a C-channel one
+    (from (C, H, W) or (H, W, C)); and whether the channels came last. An RGB(A) image for a
+    1-channel model comes back as (3, H, W), channels last: it runs channel by channel."""
     if channels == 1:
-        if raw.ndim == 3 and raw.shape[-1] in (3, 4):
-            raw = raw[..., :3].mean(-1)
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4) and raw.shape[0] > 4:
+            return np.ascontiguousarray(np.moveaxis(raw[..., :3], -1, 0)), True
         if raw.ndim != 2:
-            raise ValueError(f"{image_path}: expected a 2-D grayscale image for the CLI, got shape {raw.shape}; "
+            raise ValueError(f"{image_path}: expected a 2-D grayscale or RGB image for the CLI, got shape {raw.shape}; "
                              "run stacks plane by plane with the batch command (napari-flow-prior batch FILE "
                              "--out DIR), or use the Python API (reconstruct_stack, channel_axis=)")
         return raw, False
@@ -89,10 +90,12 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
                      out="reconstruction", simulate=False, mask=None, psf=None, device="auto", seed=0,
                      baseline=False, block=32, **settings) -> dict:
     """The ``reconstruct`` command as a function: returns the report it writes as JSON.
-    ``settings`` are the solver's (``SOLVER_OPTIONS``, None = the default), passed to ``reconstruct``."""
+    ``settings`` are the solver's (``SOLVER_OPTIONS``, None = the default), passed to ``reconstruct``.
+    An RGB image with a 1-channel prior runs channel by channel (one operator for all channels;
+    measurement noise seeded ``seed + channel``) and its outputs are RGB; the log-density is summed
+    over the channels."""
     import napari_flow_prior as nfp
 
-    from .baselines import matching_baseline, run_baseline
     from .imageio import read_image
 
     out = Path(out)
@@ -100,67 +103,104 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     prior = nfp.load_model(model)
     raw = read_image(image_path).astype(np.float32)
     raw, channels_last = _model_layout(raw, prior.channels, image_path)
+    split = prior.channels == 1 and raw.ndim == 3  # an RGB image, one channel at a time
     missing = (read_image(mask) != 0) if mask else None
     psf_array = read_image(psf).astype(np.float64) if psf else None
     if missing is not None and missing.shape != raw.shape[-2:]:
         raise ValueError(f"mask {mask} has shape {missing.shape}, the image {raw.shape[-2:]}")
-    op = parse_operator(operator, raw.shape, seed=seed, psf=psf_array, missing=missing, block=block)
+    op = parse_operator(operator, raw.shape[1:] if split else raw.shape, seed=seed, psf=psf_array,
+                        missing=missing, block=block)
     finite = np.isfinite(raw)
     if not finite.all() and (simulate or op.kind != "mask"):
         why = ("--simulate needs a clean ground-truth image" if simulate
                else "only a mask operator can treat them as missing pixels")
         raise ValueError(f"{image_path} has {int((~finite).sum())} NaN or infinite pixels; {why}")
+    if simulate and noise == "auto":
+        raise ValueError("--noise auto estimates the noise of measured data; with --simulate give a number")
+    if not simulate and op.kind == "cs":
+        raise ValueError("compressed-sensing measurements can only be simulated here (--simulate)")
     report = {"version": nfp.__version__, "image": str(image_path), "model": prior.metadata.get("name"),
               "model_file": prior.metadata.get("path"), "model_sha256": prior.metadata.get("sha256"),
               "operator": op.describe(), "method": method, "seed": seed, "simulate": simulate}
-    if simulate:
-        if noise == "auto":
-            raise ValueError("--noise auto estimates the noise of measured data; with --simulate give a number")
-        truth, scaling = nfp.normalize(raw, model=prior)
-        sigma = float(noise)
-        y = op.measure(truth, noise_sigma=sigma, seed=seed)
-    else:
-        if op.kind == "cs":
-            raise ValueError("compressed-sensing measurements can only be simulated here (--simulate)")
-        truth = None
-        observed = op.observed_full & finite if op.kind == "mask" else None
-        y, scaling = nfp.normalize(np.where(finite, raw, 0), observed=observed, model=prior)
-        sigma = noise if noise == "auto" else float(noise)
+    if split:
+        report["channel_by_channel"] = True
     t0 = time.time()
-    result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma, device=device,
-                                                 seed=seed, **settings), f"{method} {op.kind}")
-    report.update(noise_sigma=result.noise_sigma, iterations=result.n_iter, seconds=round(time.time() - t0, 2),
-                  device=result.device, params={k: v for k, v in result.params.items() if k != "operator"},
-                  normalization={"low": scaling.low.ravel().tolist(), "high": scaling.high.ravel().tolist()})
+    parts = [_reconstruct_one(image, op, prior, simulate=simulate, noise=noise, method=method, device=device,
+                              seed=seed, noise_seed=seed + c, baseline=baseline, settings=settings,
+                              desc=f"{method} {op.kind}" + (f" channel {'RGB'[c]}" if split else ""))
+             for c, image in enumerate(raw if split else [raw])]
+    first = parts[0]
+    noise_used = [part["noise_sigma"] for part in parts]
+    report.update(noise_sigma=noise_used[0] if len(set(noise_used)) == 1 else noise_used,
+                  iterations=sum(part["iterations"] for part in parts), seconds=round(time.time() - t0, 2),
+                  device=first["device"], params=first["params"],
+                  normalization={key: [v for part in parts for v in part["normalization"][key]]
+                                 for key in ("low", "high")})
 
-    def as_input(image):  # back to the input file's layout (channels last if they came so)
-        return np.moveaxis(image, 0, -1) if channels_last else image
+    def stacked(key):  # the channels' parts as one image, channels first
+        return np.stack([part[key] for part in parts]) if split else first[key]
 
-    rgb = channels_last and prior.channels in (3, 4)
-    measured_view = op.back_projection(y) if op.kind == "cs" else y
-    _write_tif(out / "reconstruction.tif", as_input(scaling.restore(result.image)), rgb=rgb)
-    _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"),
-               as_input(scaling.restore(measured_view)), rgb=rgb)
-    _write_tif(out / "log_density.tif", result.log_density)
-    if result.std is not None:
-        _write_tif(out / "posterior_std.tif", as_input(scaling.restore_spread(result.std)), rgb=rgb)
-    estimates = {"flow": result.image}
+    def joined(key):  # in the input file's layout (channels last if they came so)
+        return np.moveaxis(stacked(key), 0, -1) if channels_last else stacked(key)
+
+    rgb = channels_last and (split or prior.channels in (3, 4))
+    _write_tif(out / "reconstruction.tif", joined("reconstruction"), rgb=rgb)
+    _write_tif(out / ("back_projection.tif" if op.kind == "cs" else "measurements.tif"), joined("measurements"), rgb=rgb)
+    _write_tif(out / "log_density.tif", np.sum([part["log_density"] for part in parts], axis=0))
+    if first["std"] is not None:
+        _write_tif(out / "posterior_std.tif", joined("std"), rgb=rgb)
+    estimates = {"flow": "estimate"}
     if baseline:
-        name = matching_baseline(op)
-        estimates[name] = run_baseline(name, y, op, noise_sigma=result.noise_sigma)
-        _write_tif(out / f"baseline_{name}.tif", as_input(scaling.restore(estimates[name])), rgb=rgb)
-    if truth is not None:
-        report["metrics"] = {k: {"psnr": nfp.psnr(truth, v), "ssim": nfp.ssim(truth, v)} for k, v in estimates.items()}
+        estimates[first["baseline_name"]] = "baseline_estimate"
+        _write_tif(out / f"baseline_{first['baseline_name']}.tif", joined("baseline"), rgb=rgb)
+    if simulate:  # on the model's [0, 1] scale, all channels together
+        truth = stacked("truth")
+        report["metrics"] = {name: {"psnr": nfp.psnr(truth, stacked(key)), "ssim": nfp.ssim(truth, stacked(key))}
+                             for name, key in estimates.items()}
     tmp = out / "report.json.part"
     tmp.write_text(json.dumps(report, indent=1, default=str))
     tmp.replace(out / "report.json")
     return report
 
 
+def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, noise_seed, baseline, settings,
+                     desc) -> dict:
+    """Scale, (simulate: measure,) reconstruct one image the model takes; arrays in input units."""
+    import napari_flow_prior as nfp
+
+    from .baselines import matching_baseline, run_baseline
+
+    finite = np.isfinite(raw)
+    if simulate:
+        truth, scaling = nfp.normalize(raw, model=prior)
+        sigma = float(noise)
+        y = op.measure(truth, noise_sigma=sigma, seed=noise_seed)
+    else:
+        truth = None
+        observed = op.observed_full & finite if op.kind == "mask" else None
+        y, scaling = nfp.normalize(np.where(finite, raw, 0), observed=observed, model=prior)
+        sigma = noise if noise == "auto" else float(noise)
+    result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma, device=device,
+                                                 seed=seed, **settings), desc)
+    part = {"truth": truth, "estimate": result.image, "noise_sigma": result.noise_sigma,
+            "iterations": result.n_iter, "device": result.device,
+            "params": {k: v for k, v in result.params.items() if k != "operator"},
+            "normalization": {"low": scaling.low.ravel().tolist(), "high": scaling.high.ravel().tolist()},
+            "reconstruction": scaling.restore(result.image), "log_density": result.log_density,
+            "measurements": scaling.restore(op.back_projection(y) if op.kind == "cs" else y),
+            "std": None if result.std is None else scaling.restore_spread(result.std)}
+    if baseline:
+        part["baseline_name"] = name = matching_baseline(op)
+        part["baseline_estimate"] = run_baseline(name, y, op, noise_sigma=result.noise_sigma)
+        part["baseline"] = scaling.restore(part["baseline_estimate"])
+    return part
+
+
 def density_file(image_path, *, model="nuclei", out="density", device="auto") -> dict:
     """The ``density`` command for one file: the per-pixel log-density (nats per pixel, on the
-    model's [0, 1] scale after its own normalisation) of a 2-D image, or of each plane of a stack,
-    written to ``OUT/<stem>_log_density.tif``; returns the summary it reports."""
+    model's [0, 1] scale after its own normalisation; summed over the channels of an RGB image under
+    a 1-channel prior) of a 2-D image, or of each plane of a stack, written to
+    ``OUT/<stem>_log_density.tif``; returns the summary it reports."""
     import napari_flow_prior as nfp
 
     from .imageio import read_image
@@ -175,7 +215,12 @@ def density_file(image_path, *, model="nuclei", out="density", device="auto") ->
     if not np.isfinite(raw).all():
         raise ValueError(f"{image_path} has {int((~np.isfinite(raw)).sum())} NaN or infinite pixels")
     planes = raw[None] if single else raw
-    maps = np.stack([nfp.log_density(nfp.normalize(plane, model=prior)[0], prior, device=device) for plane in planes])
+
+    def density(image):  # an RGB image with a 1-channel prior: channel by channel, summed
+        parts = image if prior.channels == 1 and image.ndim == 3 else [image]
+        return sum(nfp.log_density(nfp.normalize(part, model=prior)[0], prior, device=device) for part in parts)
+
+    maps = np.stack([density(plane) for plane in planes])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{Path(image_path).stem}_log_density.tif"
