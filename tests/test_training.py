@@ -85,6 +85,18 @@ def test_a_single_small_image_holds_out_one_patch_block():
         make_dataset([plane[:, :20, :20]], tiny())
 
 
+def test_rgb_images_give_a_one_channel_model_each_colour_channel():
+    from napari_flow_prior.training import load_planes
+
+    grey = blobs(1)[0].astype(np.float32)
+    colour = np.stack([grey, grey.T, 0.01 * grey[::-1]], -1)  # (H, W, 3), a dim blue channel
+    planes, names = load_planes([colour], tiny())
+    assert len(planes) == 3 and all(plane.shape == (1, 96, 96) for plane in planes)
+    for plane, channel in zip(planes, (grey, grey.T, grey[::-1])):  # each scaled on its own
+        np.testing.assert_allclose(plane[0], load_planes([channel], tiny())[0][0][0], atol=1e-6)
+    assert load_planes([colour], tiny(channels=3))[0][0].shape == (3, 96, 96)
+
+
 def test_resume_continues_exactly(tmp_path):
     images = blobs(2)
     straight = run_to_end(train_steps(images, tiny(steps=40)))

@@ -137,11 +137,14 @@ def to_unit_range(plane: np.ndarray, config: TrainConfig, name: str) -> np.ndarr
     return plane.astype(np.float32)
 
 
-def _match_channels(plane: np.ndarray, channels: int, name: str) -> np.ndarray:
+def _match_channels(plane: np.ndarray, channels: int, name: str) -> list[np.ndarray]:
+    """The (C, H, W) images a ``channels``-channel model learns from one plane: the plane itself,
+    or for a 1-channel model each colour channel of an RGB(A) plane (as the plugin and the CLI
+    then reconstruct such an image channel by channel)."""
     if plane.shape[0] == channels:
-        return plane
+        return [plane]
     if channels == 1 and plane.shape[0] in (3, 4):
-        return plane[:3].astype(np.float32).mean(0, keepdims=True)
+        return [channel[None] for channel in plane[:3]]
     raise ValueError(f"{name}: has {plane.shape[0]} channels but the model has {channels}; "
                      "say which axis holds the channels (channel_axis) or train a matching model")
 
@@ -157,9 +160,9 @@ def load_planes(sources, config: TrainConfig) -> tuple[list[np.ndarray], list[st
             arrays = [(str(p), read_image(p)) for p in image_files([item])]
         for name, array in arrays:
             for plane in as_planes(array, config.channel_axis, name):
-                plane = _match_channels(plane, config.channels, name)
-                planes.append(to_unit_range(plane, config, name))
-                names.append(name)
+                for image in _match_channels(plane, config.channels, name):
+                    planes.append(to_unit_range(image, config, name))
+                    names.append(name)
     if not planes:
         raise ValueError("no images found to train on")
     return planes, names
