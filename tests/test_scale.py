@@ -332,6 +332,19 @@ def test_batch_reads_stack_files(tmp_path, batch_inputs):
     assert json.loads((tmp_path / "one" / "batch_report.json").read_text())["done"] == 3
 
 
+def test_batch_files_sharing_a_stem_get_their_own_outputs(tmp_path, batch_inputs):
+    import tifffile
+
+    folder, model = batch_inputs
+    np.save(folder / "img0.npy", tifffile.imread(folder / "img1.tif"))  # img0.npy beside img0.tif
+    out = tmp_path / "out"
+    assert _batch(folder, model, out) == 0
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["done"] == 4 and report["skipped"] == 0  # neither is skipped as if finished
+    assert set(report["images"]) == {"img0_tif", "img0_npy", "img1", "img2"}
+    assert json.loads((out / "img0_npy" / "report.json").read_text())["image"].endswith("img0.npy")
+
+
 def test_batch_interrupted_leaves_no_half_written_output(tmp_path, batch_inputs, monkeypatch):
     from pathlib import Path
 

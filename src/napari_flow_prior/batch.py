@@ -1,7 +1,8 @@
 """Many images, one command: ``napari-flow-prior batch INPUT_DIR|ZARR --out DIR``.
 
-Every input image ``NAME`` is reconstructed as the ``reconstruct`` command would do it and its
-outputs go to ``DIR/NAME/`` (reconstruction.tif, log_density.tif, ..., report.json). Each file is
+Every input image ``NAME`` (the file's stem; its whole name with dots as underscores, ``x_png``
+and ``x_npy``, when two files share a stem) is reconstructed as the ``reconstruct`` command would
+do it and its outputs go to ``DIR/NAME/`` (reconstruction.tif, log_density.tif, ..., report.json). Each file is
 written to a temporary name and renamed (``os.replace``), and ``report.json`` is written last, so
 an image counts as finished only when all its outputs are complete: an interrupted batch leaves no
 half-written output, and running the same command again skips the finished images (resumable) and
@@ -81,10 +82,14 @@ def _items(source: Path, scratch: Path):
         if not source.exists():
             raise FileNotFoundError(f"no such file or folder: {source}")
         items = []
-        for p in image_files(source):
+        files = image_files(source)
+        stems = [p.stem for p in files]
+        for p in files:
+            # the output folder's name: the file's stem, or with its suffix when two files share a stem
+            base = p.stem if stems.count(p.stem) == 1 else p.name.replace(".", "_")
             shape = _stack_shape(p)
             if shape is None:
-                items.append((p.stem, p))
+                items.append((base, p))
                 continue
             cache = {}
 
@@ -95,7 +100,7 @@ def _items(source: Path, scratch: Path):
                 return cache["array"][index]
 
             for i, index in enumerate(np.ndindex(*shape[:-2])):
-                name = f"{p.stem}_plane_{i:06d}"
+                name = f"{base}_plane_{i:06d}"
                 items.append((name, _plane_loader(read_plane, index, scratch / f"{name}.npy")))
         return items
     try:
