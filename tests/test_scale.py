@@ -271,7 +271,7 @@ def _batch(folder, model, out):
                  "--simulate", "--iterations", "2"])
 
 
-def test_batch_resumes_and_reports_corrupted_files(tmp_path, batch_inputs):
+def test_batch_resumes_and_reports_corrupted_files(tmp_path, batch_inputs, capsys):
     folder, model = batch_inputs
     (folder / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")
     out = tmp_path / "out"
@@ -285,6 +285,13 @@ def test_batch_resumes_and_reports_corrupted_files(tmp_path, batch_inputs):
     report = json.loads((out / "batch_report.json").read_text())
     assert report["skipped"] == 3 and report["done"] == 0
     assert (out / "img0" / "reconstruction.tif").stat().st_mtime_ns == first  # not redone
+    # other settings into the same folder: refused, rather than skipping images made otherwise
+    from napari_flow_prior.cli import main
+
+    assert main(["batch", str(folder), "--out", str(out), "--model", str(model), "--operator", "blur:1",
+                 "--simulate", "--iterations", "2"]) == 2
+    assert "operator 'mask:0.5' -> 'blur:1'" in capsys.readouterr().err
+    assert json.loads((out / "batch_report.json").read_text())["skipped"] == 3  # nothing touched
 
 
 def test_batch_reads_a_zarr_stack(tmp_path, batch_inputs):

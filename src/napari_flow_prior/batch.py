@@ -6,7 +6,8 @@ do it and its outputs go to ``DIR/NAME/`` (reconstruction.tif, log_density.tif, 
 written to a temporary name and renamed (``os.replace``), and ``report.json`` is written last, so
 an image counts as finished only when all its outputs are complete: an interrupted batch leaves no
 half-written output, and running the same command again skips the finished images (resumable) and
-removes leftover temporary files. An image that fails (unreadable or corrupted file, wrong shape,
+removes leftover temporary files; it refuses to resume with other settings (model file, operator,
+noise, method, seed, solver options) than those recorded in the batch report. An image that fails (unreadable or corrupted file, wrong shape,
 ...) is recorded with its error and the batch goes on; ``DIR/batch_report.json`` lists every
 image's status and is rewritten (atomically) after each image.
 
@@ -119,6 +120,31 @@ def _items(source: Path, scratch: Path):
     return items
 
 
+def _run_settings(model, **settings) -> dict:
+    """What decides a batch's results: the model file's content and the settings given."""
+    from .flows.files import file_sha256, resolve_model_path
+
+    return {"model_sha256": file_sha256(resolve_model_path(model)),
+            **{k: v for k, v in settings.items() if v is not None}}
+
+
+def _check_resumable(out: Path, run_settings: dict) -> None:
+    """A batch resumes (skipping finished images) only with the settings that made them."""
+    previous = out / REPORT
+    if not previous.is_file():
+        return
+    try:
+        earlier = json.loads(previous.read_text()).get("settings")
+    except (OSError, ValueError):
+        return
+    if earlier is None or earlier == json.loads(json.dumps(run_settings, default=str)):
+        return
+    changed = sorted(k for k in set(earlier) | set(run_settings) if earlier.get(k) != run_settings.get(k))
+    what = ", ".join(f"{k} {earlier.get(k)!r} -> {run_settings.get(k)!r}" for k in changed)
+    raise ValueError(f"{out} holds the results of a batch with other settings ({what}); a batch resumes only "
+                     "with the same settings: choose another --out, or delete the folder to start over")
+
+
 def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
               simulate=False, device="auto", seed=0, block=32, progress=True, **settings) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc).
@@ -134,12 +160,16 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
     check_posterior(settings.get("chains"), settings.get("temperature"))
 
     source, out = Path(source), Path(out)
+    run_settings = _run_settings(model, operator=operator, noise=noise, method=method, simulate=simulate,
+                                 seed=seed, block=block, **settings)
+    _check_resumable(out, run_settings)
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.rglob("*.part"):  # temporary files of an interrupted run
         leftover.unlink()
     items = _items(source, out / ".planes")
     report = {"source": str(source), "out": str(out), "operator": operator, "method": method,
-              "model": str(model), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "images": {}}
+              "model": str(model), "settings": run_settings, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "images": {}}
     bar = None
     if progress:
         from tqdm.auto import tqdm
