@@ -4,7 +4,7 @@
 For each shipped prior (``--models``) and each headline operator (inpainting 80% missing,
 deblurring sigma 2, compressed sensing m/n 0.2; noise 0.01), ``nfp.reconstruct(method="map")``
 runs with its defaults except the optimisation space and the prior weight lambda, which take every
-``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N, ``SPACE:WEIGHT@N~LR`` also Adam's step size,
+``SPACE:WEIGHT`` of ``--configs`` (``SPACE:WEIGHT@N`` also sets the iteration budget to N, ``SPACE:WEIGHT@N~LR`` also Adam's step size (``~LRc`` or ``~c``: a constant step, ``lr_decay=False``),
 a final ``*K`` an ensemble of K symmetry frames: ``box:0.3@100*8``). SPACE is
 ``latent``, ``box`` (image space, iterates kept in [0, 1]: the engine's default) or ``image`` (image
 space with free iterates, ``box=False``: how image space ran before the box existed, so the cached
@@ -68,7 +68,7 @@ def weights_id(model) -> str:
 
 def parse_config(text: str, default_iterations: int) -> dict:
     """``SPACE:WEIGHT``, ``SPACE:WEIGHT@ITERATIONS`` (no budget: ``default_iterations``) or
-    ``SPACE:WEIGHT@ITERATIONS~LR`` (Adam step size; default the engine's), each optionally followed
+    ``SPACE:WEIGHT@ITERATIONS~LR`` (Adam step size; default the engine's; a final ``c``: constant), each optionally followed
     by ``*K`` (an ensemble of K frames), as ``reconstruct`` settings: space, weight, iterations,
     box for image space, and lr and ensemble when given."""
     text, _, members = text.partition("*")
@@ -81,6 +81,9 @@ def parse_config(text: str, default_iterations: int) -> dict:
                 "iterations": int(iterations) if iterations else default_iterations}
     if space != "latent":
         settings["box"] = space == "box"
+    if lr.endswith("c"):  # a constant step (lr_decay=False)
+        settings["lr_decay"] = False
+        lr = lr[:-1]
     if lr:
         settings["lr"] = float(lr)
     if members:

@@ -374,6 +374,32 @@ def test_image_space_map_keeps_the_iterates_in_the_unit_box(model, image, tmp_pa
         save_model(copy.deepcopy(model), tmp_path / "bad.safetensors", solver={"map": {"blur": {"box": 1}}})
 
 
+def test_lr_decay_or_a_constant_step(model, image, tmp_path):
+    """Adam's step decays (cosine, to 5%) over the budget by default; lr_decay=False keeps it: on a
+    far-away minimum the constant run travels the full lr per step."""
+    from napari_flow_prior.flows.files import save_model
+    from napari_flow_prior.solvers import _minimize
+
+    def travel(decay):
+        p = torch.zeros(1, requires_grad=True)
+        for _ in _minimize([p], lambda: (p - 100).pow(2).sum(), iterations=10, optimizer="adam", lr=1.0,
+                           tol=0.0, cancel=None, lr_decay=decay):
+            pass
+        return float(p)
+
+    assert travel(False) == pytest.approx(10.0, abs=0.05)
+    assert 5.0 < travel(True) < 6.5  # the mean of the cosine from 1 to 0.05
+    op = OPERATORS["mask"](image.shape)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    assert nfp.reconstruct(y, op, model, iterations=2).params["lr_decay"] is True
+    own = save_model(copy.deepcopy(model), tmp_path / "own.safetensors", solver={"map": {"mask": {"lr_decay": False}}})
+    assert nfp.reconstruct(y, op, nfp.load_model(own), iterations=2).params["lr_decay"] is False
+    with pytest.raises(ValueError, match="lr_decay must be True or False"):
+        nfp.reconstruct(y, op, model, lr_decay="no")
+    with pytest.raises(ValueError, match="does not apply to method 'posterior'"):
+        nfp.reconstruct(y, op, model, method="posterior", lr_decay=False)
+
+
 def test_space_argument_is_checked(model, image):
     op = OPERATORS["mask"](image.shape)
     y = op.measure(image, noise_sigma=0.01, seed=0)

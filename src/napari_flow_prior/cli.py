@@ -318,7 +318,7 @@ def _cmd_models(args) -> int:
     return 0
 
 
-SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "box", "ensemble", "chains", "temperature")
+SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "lr_decay", "box", "ensemble", "chains", "temperature")
 
 
 def _solver_settings(args) -> dict:
@@ -336,6 +336,9 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
                    help="where map optimises: the image or its latent code (default per model and operator)")
     p.add_argument("--lr", type=float, help="Adam step size; for posterior the Langevin step factor "
                    "(default per model, method and operator)")
+    p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=None,
+                   help="Adam's step decays to 5%% of --lr over the iterations (cosine), or stays constant "
+                        "(default per model, method and operator)")
     p.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
                    help="map in image space: keep the iterates in [0, 1] (default per model and operator)")
     p.add_argument("--ensemble", type=int, metavar="K",
