@@ -427,12 +427,12 @@ def test_latent_start_that_does_not_invert_starts_from_the_flow_mode():
     for method in ("map", "latent"):
         with pytest.warns(RuntimeWarning, match="does not invert"):
             r = nfp.reconstruct(y, op, model, method=method, space="latent" if method == "map" else None,
-                                noise_sigma=0.01, iterations=60, device="cpu")
+                                noise_sigma=0.01, iterations=60, device="cpu", domain_check=False)
         assert "z = 0" in r.params["fallback"]
         assert np.isfinite(r.image).all() and np.abs(r.image).max() < 2
         assert r.losses[-1] < r.losses[0] and r.n_iter == 60  # optimised from G(0), not stuck
     r = nfp.reconstruct(op.measure(smooth, noise_sigma=0.01, seed=0), op, model, space="latent",
-                        iterations=5, device="cpu")
+                        iterations=5, device="cpu", domain_check=False)
     assert "fallback" not in r.params
 
 
@@ -581,3 +581,51 @@ def test_minimize_ends_on_the_lowest_objective_it_saw():
                                             tol=0, cancel=None)]
     assert max(losses) > 10 * min(losses)  # the run did climb away from its best point
     assert float(objective()) == pytest.approx(min(losses))
+
+
+def _with_typical(model, images):
+    """A copy of ``model`` whose metrics record the typical log-density of ``images``."""
+    from napari_flow_prior.domain import typical_log_density
+
+    m = copy.deepcopy(model)
+    m.metadata = {**m.metadata, "metrics": {"typical_log_density": typical_log_density(m, images)}}
+    return m
+
+
+def test_domain_check_returns_the_classical_start_for_an_image_outside_the_prior(model, image):
+    """The tiny blob prior, asked to deblur white noise, would paint blobs into what the blur hides;
+    its reconstruction is far less likely than the blobs it knows, so the result is Wiener's."""
+    from napari_flow_prior.baselines import warm_start
+    from napari_flow_prior.domain import MARGIN_BITS
+
+    blobs = [image, np.flip(image, 1).copy(), image.T.copy()]
+    prior = _with_typical(model, blobs)
+    typical = prior.metadata["metrics"]["typical_log_density"]
+    assert typical["n_images"] == 3 and typical["q01"] <= typical["median"]
+    op = ops.Blur(image.shape, sigma=1.0)
+
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    inside = nfp.reconstruct(y, op, prior, noise_sigma=0.01, iterations=20)
+    assert inside.params["domain"]["in_domain"] is True and "fallback" not in inside.params
+    assert inside.params["domain"]["threshold"] == pytest.approx(typical["q01"] - MARGIN_BITS * np.log(2))
+
+    noise = np.random.default_rng(3).random(image.shape).astype(np.float32)
+    y = op.measure(noise, noise_sigma=0.01, seed=0)
+    with pytest.warns(RuntimeWarning, match="outside the prior's domain"):
+        outside = nfp.reconstruct(y, op, prior, noise_sigma=0.01, iterations=20, ensemble=2)
+    report = outside.params["domain"]
+    assert report["in_domain"] is False and report["log_density"] < report["threshold"]
+    assert "classical reconstruction (wiener)" in outside.params["fallback"]
+    np.testing.assert_allclose(outside.image, warm_start(y, op, 0.01), atol=1e-6)
+    np.testing.assert_allclose(outside.log_density, nfp.log_density(np.clip(outside.image, 0, 1), prior), atol=1e-5)
+
+    kept = nfp.reconstruct(y, op, prior, noise_sigma=0.01, iterations=20, domain_check=False)
+    assert "domain" not in kept.params and not np.allclose(kept.image, outside.image)
+    bare = nfp.reconstruct(y, op, model, noise_sigma=0.01, iterations=20)  # no typical range recorded
+    assert bare.params["domain"]["in_domain"] is None and "fallback" not in bare.params
+
+
+def test_shipped_priors_carry_their_typical_log_density():
+    for name in ("nuclei", "medical", "digits"):
+        typical = nfp.load_model(name).metadata["metrics"]["typical_log_density"]
+        assert typical["n_images"] >= 4 and np.isfinite(typical["q01"]) and typical["q01"] <= typical["median"]

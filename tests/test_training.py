@@ -49,6 +49,8 @@ def test_training_lowers_validation_bpd(tmp_path):
     assert loaded.metadata["training"]["steps"] == 80
     assert (tmp_path / "toy.log.csv").exists()
     assert model.metadata["metrics"]["val_bpd"] == pytest.approx(min(r["val_bpd"] for r in log))
+    typical = model.metadata["metrics"]["typical_log_density"]  # the solvers' domain check
+    assert typical["n_images"] >= 1 and typical["q01"] <= typical["median"]
 
 
 def test_validation_blocks_never_overlap_training_patches():

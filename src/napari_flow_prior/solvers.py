@@ -490,6 +490,7 @@ def reconstruct_steps(
     overlap: int | None = None,
     memory_budget: int | str | None = None,
     cuda_graph: bool | str = "auto",
+    domain_check: bool = True,
     _pixels: float | None = None,
     _frame: Frame | None = None,
 ) -> Iterator[Progress]:
@@ -519,7 +520,11 @@ def reconstruct_steps(
     saves iterations; pull-push instead of biharmonic for masks on planes over 512x512), "pinv" (the pseudo-inverse, observed mean in the holes of a mask),
     "zero" (z = 0 where the solve is in latent space, a flat 0.5 image otherwise) or an image; a
     latent-space solve whose start does not invert exactly (``ROUND_TRIP_TOL``) starts from z = 0
-    with a warning and ``Result.params["fallback"]``. Yields ``Progress``,
+    with a warning and ``Result.params["fallback"]``.
+    ``domain_check``: ``Result.params["domain"]`` compares the reconstruction's log-density with the
+    model's validation images (``domain.domain_report``); where it is far below them the prior does
+    not describe the image, and the result is the classical warm start instead, with a warning and
+    ``Result.params["fallback"]`` (False keeps the flow's reconstruction). Yields ``Progress``,
     returns ``Result``.
     """
     t0 = time.time()
@@ -558,7 +563,8 @@ def reconstruct_steps(
     if len(frames) > 1:  # each member decides its own memory saving and tiles
         member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
                       memory_budget=memory_budget, _pixels=_pixels)
-        return (yield from _reconstruct_ensemble(y, op, model, frames, t0, **member))
+        result = yield from _reconstruct_ensemble(y, op, model, frames, t0, **member)
+        return _domain_guard(result, y, op, model, noise_sigma, domain_check)
     frame = frames[0]
     dev = resolve_device(device)
     from . import tiling
@@ -588,7 +594,8 @@ def reconstruct_steps(
     use_graph = dev.type == "cuda" and settings.get("optimizer") == "adam" and cuda_graph is not False
     tile_kwargs = dict(passed, memory_saving=memory_saving, _frame=frame)
     if tile:
-        return (yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs))
+        result = yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs)
+        return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
     torch.manual_seed(seed)
     model = model.to(dev).eval()
     # channels-last convolutions: one forward+backward of the nuclei prior at 256x256 on 2 CPU
@@ -749,8 +756,9 @@ def reconstruct_steps(
             warnings.warn(f"out of memory on {dev} for the whole {image_hw[0]}x{image_hw[1]} image: "
                           f"solving in {small}x{small} tiles instead", RuntimeWarning, stacklevel=2)
             stack.close()
-            return (yield from _reconstruct_tiled(y, op, model, small, overlap, t0, **{**tile_kwargs,
-                                                                                      "memory_saving": True}))
+            result = yield from _reconstruct_tiled(y, op, model, small, overlap, t0,
+                                                   **{**tile_kwargs, "memory_saving": True})
+            return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
 
         if method == "posterior":
             x, std = (m.to(dtype).reshape(image_shape) for m in outcome[:2])
@@ -768,9 +776,39 @@ def reconstruct_steps(
               "cuda_graph": use_graph, "frames": [list(frame)]}
     if std is not None:
         std = std.reshape(shape).cpu().numpy().astype(np.float32)
-    return Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
-                  n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
-                  params=params, noise_sigma=noise_sigma, std=std)
+    result = Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
+                    n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
+                    params=params, noise_sigma=noise_sigma, std=std)
+    return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
+
+
+OUT_OF_DOMAIN = ("the reconstruction is far less likely under the prior ({value:.2f} nats/dim) than its "
+                 "validation images (1st percentile {typical:.2f}): the image is outside the prior's domain, "
+                 "so the result is the classical reconstruction ({baseline}); choose a prior trained on "
+                 "images like this one, or pass domain_check=False to keep the flow's result")
+
+
+def _domain_guard(result: Result, y, op, model: FlowModel, noise_sigma: float, enabled: bool) -> Result:
+    """``result`` with ``params["domain"]`` (``domain.domain_report``) or, for a reconstruction far
+    outside the prior's domain, the classical warm start in its place (with a warning)."""
+    if not enabled:
+        return result
+    from .baselines import matching_baseline, warm_start
+    from .domain import MARGIN_BITS, domain_report
+
+    report = domain_report(result.log_density, model)
+    result.params["domain"] = report
+    if report["in_domain"] is not False:
+        return result
+    typical = report["threshold"] + MARGIN_BITS * math.log(2)
+    what = OUT_OF_DOMAIN.format(value=report["log_density"], typical=typical, baseline=matching_baseline(op))
+    warnings.warn(what, RuntimeWarning, stacklevel=3)
+    image = np.asarray(warm_start(y, op, noise_sigma), np.float32).reshape(op.shape)
+    result.params["fallback"] = what
+    result.params["flow_log_density"] = report["log_density"]
+    result.image, result.std = image, None
+    result.log_density = log_density(np.clip(image, 0, 1), model, device=result.device)
+    return result
 
 
 def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **kwargs):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device
+from .domain import typical_log_density
 from .flows import FlowModel, build_model, load_model, save_model
 from .imageio import as_planes, image_files, read_image
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
@@ -423,7 +424,8 @@ def train_steps(
     }
     if earlier_training:  # a fine-tuned model keeps the record of the training it started from
         model.metadata["training"]["previous"] = earlier_training
-    model.metadata["metrics"] = {"val_bpd": best["val_bpd"]}
+    model.metadata["metrics"] = {"val_bpd": best["val_bpd"], "typical_log_density": typical_log_density(
+        model, list(data.val)[: config.val_max_images or None], device)}
     return model
 
 
