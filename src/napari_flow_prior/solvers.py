@@ -560,11 +560,12 @@ def reconstruct_steps(
                   temperature=temperature,
                   init=init, tol=tol, device=device, seed=seed, cancel=cancel, cuda_graph=cuda_graph)
     frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
+    check_domain = domain_check and _frame is None  # once, on the whole result, not per member or tile
     if len(frames) > 1:  # each member decides its own memory saving and tiles
         member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
                       memory_budget=memory_budget, _pixels=_pixels)
         result = yield from _reconstruct_ensemble(y, op, model, frames, t0, **member)
-        return _domain_guard(result, y, op, model, noise_sigma, domain_check)
+        return _domain_guard(result, y, op, model, noise_sigma, check_domain)
     frame = frames[0]
     dev = resolve_device(device)
     from . import tiling
@@ -595,7 +596,7 @@ def reconstruct_steps(
     tile_kwargs = dict(passed, memory_saving=memory_saving, _frame=frame)
     if tile:
         result = yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs)
-        return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
+        return _domain_guard(result, y, op, model, noise_sigma, check_domain)
     torch.manual_seed(seed)
     model = model.to(dev).eval()
     # channels-last convolutions: one forward+backward of the nuclei prior at 256x256 on 2 CPU
@@ -758,7 +759,7 @@ def reconstruct_steps(
             stack.close()
             result = yield from _reconstruct_tiled(y, op, model, small, overlap, t0,
                                                    **{**tile_kwargs, "memory_saving": True})
-            return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
+            return _domain_guard(result, y, op, model, noise_sigma, check_domain)
 
         if method == "posterior":
             x, std = (m.to(dtype).reshape(image_shape) for m in outcome[:2])
@@ -779,7 +780,7 @@ def reconstruct_steps(
     result = Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
                     n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
                     params=params, noise_sigma=noise_sigma, std=std)
-    return _domain_guard(result, y, op, model, noise_sigma, domain_check and _frame is None)
+    return _domain_guard(result, y, op, model, noise_sigma, check_domain)
 
 
 OUT_OF_DOMAIN = ("the reconstruction is far less likely under the prior ({value:.2f} nats/dim) than its "
