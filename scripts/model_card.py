@@ -97,12 +97,18 @@ def earlier_training(record: dict) -> str:
 
 
 def keep_written_sections(card: str, old: str, name: str) -> str:
-    """Carry over the hand-written parts of an existing card: the architecture comparison and the
-    comment under the samples figure."""
+    """Carry over the hand-written parts of an existing card: the architecture comparison, the notes
+    under the solver table and the comment under the samples figure."""
     figure = f"![samples]({name}_samples.png)"
     if "## How the architecture was chosen" in old and "## Test bits/dim" in old:
         section = old[old.index("## How the architecture was chosen"):old.index("## Test bits/dim")]
         card = card.replace("## Test bits/dim", section + "## Test bits/dim", 1)
+    head = "## Solver defaults stored in the file"
+    if head in old and "## Samples" in old:  # the notes under the solver table
+        section = old[old.index(head):old.index("## Samples")].rstrip().splitlines()
+        notes = "\n".join(section[max(i for i, line in enumerate(section) if line.startswith("|")) + 1:]).strip()
+        if notes and head in card:
+            card = card.replace("\n## Samples", f"\n{notes}\n\n## Samples", 1)
     if figure in old and "## Known limits" in old:
         comment = old[old.index(figure) + len(figure):old.index("## Known limits")].strip()
         if comment:

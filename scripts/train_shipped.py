@@ -90,7 +90,8 @@ def main(argv=None):
                   val_images=split_files(data, args.model, "val"), init=args.init,
                   checkpoint=out.with_suffix(".ckpt"), resume=args.resume, progress=sys.stderr.isatty())
     device = next(model.parameters()).device
-    metrics = {
+    metrics = {  # added to what the trainer recorded (typical_log_density, ...)
+        **model.metadata.get("metrics", {}),
         "val_bpd": validation_bpd(model, planes_of(split_files(data, args.model, "val")), device, draws=4),
         "test_bpd": validation_bpd(model, planes_of(split_files(data, args.model, "test")), device, draws=4),
     }
