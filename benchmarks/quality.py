@@ -389,6 +389,8 @@ def main(argv=None) -> int:
                                                   f"{', '.join(ROWS)}")
     ap.add_argument("--sets", default="in,ood", help="in (test crops), ood, or both")
     ap.add_argument("--limit-images", type=int, default=None, help="at most N images per set")
+    ap.add_argument("--images", default=None, help="only images whose id contains one of these comma-separated "
+                    "strings (e.g. to split one row's images between two processes)")
     ap.add_argument("--iterations", type=int, default=None,
                     help="flow iterations (default: reconstruct's per-operator defaults)")
     ap.add_argument("--flow-methods", default="map,latent,mle",
@@ -434,6 +436,8 @@ def main(argv=None) -> int:
         images = [im for im in test_images(name, args.data) if im[0] in sets]
         if args.limit_images:
             images = [im for s in ("in", "ood") for im in [i for i in images if i[0] == s][:args.limit_images]]
+        if args.images:
+            images = [im for im in images if any(part in im[1] for part in args.images.split(","))]
         jobs = plan(name, images, rows, flow_methods, not args.no_baselines, not args.no_oracle)
         print(f"{name}: {model.metadata.get('path')} ({len(images)} images, {len(jobs)} runs)",
               flush=True)
