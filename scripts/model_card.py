@@ -104,10 +104,11 @@ def keep_written_sections(card: str, old: str, name: str) -> str:
         section = old[old.index("## How the architecture was chosen"):old.index("## Test bits/dim")]
         card = card.replace("## Test bits/dim", section + "## Test bits/dim", 1)
     head = "## Solver defaults stored in the file"
-    if head in old and "## Samples" in old:  # the notes under the solver table
+    if head in old and "## Samples" in old:  # the notes under the solver table (none without a table)
         section = old[old.index(head):old.index("## Samples")].rstrip().splitlines()
-        notes = "\n".join(section[max(i for i, line in enumerate(section) if line.startswith("|")) + 1:]).strip()
-        if notes and head in card:
+        table_rows = [i for i, line in enumerate(section) if line.startswith("|")]
+        notes = "\n".join(section[table_rows[-1] + 1:]).strip() if table_rows else ""
+        if notes:
             card = card.replace("\n## Samples", f"\n{notes}\n\n## Samples", 1)
     if figure in old and "## Known limits" in old:
         comment = old[old.index(figure) + len(figure):old.index("## Known limits")].strip()
