@@ -523,7 +523,8 @@ def reconstruct_steps(
     with a warning and ``Result.params["fallback"]``.
     ``domain_check``: ``Result.params["domain"]`` compares the reconstruction's log-density with the
     model's validation images (``domain.domain_report``); where it is far below them the prior does
-    not describe the image, and the result is the classical warm start instead, with a warning and
+    not describe the image, and the result is a classical reconstruction instead
+    (``baselines.fallback``: TV for compressed sensing, else the warm start), with a warning and
     ``Result.params["fallback"]`` (False keeps the flow's reconstruction). Yields ``Progress``,
     returns ``Result``.
     """
@@ -785,16 +786,18 @@ def reconstruct_steps(
 
 OUT_OF_DOMAIN = ("the reconstruction is far less likely under the prior ({value:.2f} nats/dim) than its "
                  "validation images (1st percentile {typical:.2f}): the image is outside the prior's domain, "
-                 "so the result is the classical reconstruction ({baseline}); choose a prior trained on "
-                 "images like this one, or pass domain_check=False to keep the flow's result")
+                 "or the measurements leave the prior too much to guess, so the result is the classical "
+                 "reconstruction ({baseline}); choose a prior trained on images like this one, measure more, "
+                 "or pass domain_check=False to keep the flow's result")
 
 
 def _domain_guard(result: Result, y, op, model: FlowModel, noise_sigma: float, enabled: bool) -> Result:
     """``result`` with ``params["domain"]`` (``domain.domain_report``) or, for a reconstruction far
-    outside the prior's domain, the classical warm start in its place (with a warning)."""
+    outside the prior's domain, a classical reconstruction in its place (``baselines.fallback``,
+    with a warning)."""
     if not enabled:
         return result
-    from .baselines import matching_baseline, warm_start
+    from .baselines import fallback
     from .domain import MARGIN_BITS, domain_report
 
     report = domain_report(result.log_density, model)
@@ -802,9 +805,10 @@ def _domain_guard(result: Result, y, op, model: FlowModel, noise_sigma: float, e
     if report["in_domain"] is not False:
         return result
     typical = report["threshold"] + MARGIN_BITS * math.log(2)
-    what = OUT_OF_DOMAIN.format(value=report["log_density"], typical=typical, baseline=matching_baseline(op))
+    name, image = fallback(y, op, noise_sigma)
+    what = OUT_OF_DOMAIN.format(value=report["log_density"], typical=typical, baseline=name)
     warnings.warn(what, RuntimeWarning, stacklevel=3)
-    image = np.asarray(warm_start(y, op, noise_sigma), np.float32).reshape(op.shape)
+    image = np.asarray(image, np.float32).reshape(op.shape)
     result.params["fallback"] = what
     result.params["flow_log_density"] = report["log_density"]
     result.image, result.std = image, None
