@@ -650,3 +650,35 @@ def test_shipped_priors_carry_their_typical_log_density():
     for name in ("nuclei", "medical", "digits"):
         typical = nfp.load_model(name).metadata["metrics"]["typical_log_density"]
         assert typical["n_images"] >= 4 and np.isfinite(typical["q01"]) and typical["q01"] <= typical["median"]
+
+
+def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeypatch):
+    """An out-of-memory error in an automatic whole-image solve (simulated: the first solve raises
+    it) gives the same result as asking for the tiles the fallback chooses, with a warning."""
+    from napari_flow_prior import solvers
+
+    yy, xx = np.mgrid[0:48, 0:48]
+    image = (0.2 + 0.6 * np.exp(-((yy - 20.0) ** 2 + (xx - 27.0) ** 2) / 60)).astype(np.float32)
+    op = ops.Mask.random(image.shape, missing_fraction=0.5, seed=0)
+    y = op.measure(image, noise_sigma=0.01, seed=0)
+    real, calls = solvers._minimize, []
+
+    def out_of_memory_once(params, objective, **kwargs):
+        calls.append(tuple(params[0].shape))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return real(params, objective, **kwargs)
+
+    monkeypatch.setattr(solvers, "_minimize", out_of_memory_once)
+    monkeypatch.setenv("NFP_MEMORY_BUDGET", "1K")  # the fallback's tiles: as small as allowed
+    args = dict(noise_sigma=0.01, iterations=5, device="cpu", space="image", ensemble=1)
+    with pytest.warns(RuntimeWarning, match=r"out of memory on cpu for the whole 48x48 image: solving in 16x16 tiles"):
+        fallen = nfp.reconstruct(y, op, model, memory_budget="1G", **args)
+    assert calls[0][-2:] == (48, 48) and all(shape[-2:] == (16, 16) for shape in calls[1:]) and len(calls) > 2
+    tiled = nfp.reconstruct(y, op, model, tile=16, memory_saving=True, **args)
+    np.testing.assert_allclose(fallen.image, tiled.image, atol=1e-6)
+    assert np.isfinite(fallen.image).all() and fallen.image.shape == image.shape
+
+    with pytest.raises(torch.OutOfMemoryError):  # an explicit tile setting is the user's: no fallback
+        calls.clear()
+        nfp.reconstruct(y, op, model, tile=0, **args)

@@ -749,7 +749,7 @@ def reconstruct_steps(
                                   lr_decay=bool(settings["lr_decay"]))
             outcome = yield from _progress(steps, losses, total)
         except torch.OutOfMemoryError:
-            if not auto_tile or dev.type == "cpu" or model.architecture.get("kind") == "linear" or op.kind == "matrix":
+            if not auto_tile or model.architecture.get("kind") == "linear" or op.kind == "matrix":
                 raise
             params = objective = current = None
             if dev.type == "cuda":
