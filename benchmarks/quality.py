@@ -180,7 +180,8 @@ def noise_floor_psnr(image, op, noise: float) -> float:
     return 100.0 if mse <= 0 else min(100.0, float(10 * np.log10(1.0 / mse)))
 
 
-FLOW_SOURCES = ("solvers", "operators", "tiling", "devices", "normalization", "flows")
+# the flow solves run baselines too (their warm start, the out-of-domain fallback)
+FLOW_SOURCES = ("solvers", "baselines", "operators", "tiling", "devices", "normalization", "flows")
 BASELINE_SOURCES = ("baselines", "operators")
 
 

@@ -627,7 +627,7 @@ def test_domain_check_returns_the_classical_start_for_an_image_outside_the_prior
 
 def test_domain_check_falls_back_to_tv_for_compressed_sensing(model, image):
     """Outside the domain, compressed sensing gets TV (the best classical method on the validation
-    crops, 2 to 3 dB above the Lasso-DCT warm start), named in the warning."""
+    crops, 1.8 to 3.0 dB above the Lasso-DCT warm start), named in the warning."""
     from napari_flow_prior.baselines import fallback, run_baseline, warm_start
 
     prior = _with_typical(model, [image, np.flip(image, 1).copy(), image.T.copy()])

@@ -419,7 +419,7 @@ def warm_start(y, op, noise_sigma: float) -> np.ndarray:
 # What the solvers return for a reconstruction far outside the prior's domain (solvers'
 # domain check): the classical method with the best validation PSNR where it differs from the warm
 # start by a margin (benchmarks/results/baseline_grid.json). For compressed sensing TV leads
-# Lasso-DCT by 1.9 to 3.0 dB at every ratio; averaged over their rows, biharmonic is the best for
+# Lasso-DCT by 1.8 to 3.0 dB at every ratio; averaged over their rows, biharmonic is the best for
 # masks and Wiener within 0.1 dB of the best for blurs, and both are fast.
 _FALLBACK = {"cs": "tv_cs", "matrix": "tv_cs"}
 
