@@ -43,6 +43,7 @@ __all__ = [
     "oracle",
     "matching_baseline",
     "warm_start",
+    "warm_start_name",
     "fallback",
     "params_key",
     "load_tuned_params",
@@ -408,12 +409,20 @@ def matching_baseline(op) -> str:
 FAST_WARM_START_PIXELS = 512 * 512
 
 
-def warm_start(y, op, noise_sigma: float) -> np.ndarray:
-    """The solver's starting image (``init="baseline"``): the operator's matching baseline, or
-    ``pull_push`` for a mask on planes larger than ``FAST_WARM_START_PIXELS``."""
+def warm_start_name(op) -> str:
+    """Which method ``warm_start`` runs: the operator's matching baseline, or ``pull_push`` for a
+    mask on planes larger than ``FAST_WARM_START_PIXELS``."""
     if op.kind == "mask" and op.shape[-1] * op.shape[-2] > FAST_WARM_START_PIXELS:
+        return "pull_push"
+    return matching_baseline(op)
+
+
+def warm_start(y, op, noise_sigma: float) -> np.ndarray:
+    """The solver's starting image (``init="baseline"``), made by ``warm_start_name(op)``."""
+    name = warm_start_name(op)
+    if name == "pull_push":
         return pull_push(y, op)
-    return run_baseline(matching_baseline(op), y, op, noise_sigma=noise_sigma)
+    return run_baseline(name, y, op, noise_sigma=noise_sigma)
 
 
 # What the solvers return for a reconstruction far outside the prior's domain (solvers'
@@ -429,8 +438,7 @@ def fallback(y, op, noise_sigma: float) -> tuple[str, np.ndarray]:
     the prior's domain: TV for compressed sensing and dense matrices, else the warm start."""
     name = _FALLBACK.get(op.kind)
     if name is None:
-        large_mask = op.kind == "mask" and op.shape[-1] * op.shape[-2] > FAST_WARM_START_PIXELS
-        return ("pull_push" if large_mask else matching_baseline(op)), warm_start(y, op, noise_sigma)
+        return warm_start_name(op), warm_start(y, op, noise_sigma)
     return name, run_baseline(name, y, op, noise_sigma=noise_sigma)
 
 

@@ -9,10 +9,11 @@ The check compares a reconstruction's mean log-density per dimension with the mo
 validation images: ``typical_log_density`` (stored in the model file's ``metrics``) records their
 1st percentile, and a reconstruction more than ``MARGIN_BITS`` bits per dimension below it is
 out of the prior's domain. The solvers then return a classical reconstruction instead
-(``baselines.fallback``; see ``solvers.reconstruct_steps``, ``domain_check``). A reconstruction is smoother, hence more
-likely, than the truth, so the check is loose for images of the domain; a flow can give
-high likelihood to simple images of other domains (natural photographs under the medical prior
-are as likely as its own test crops), so passing the check is not proof that the prior fits.
+(``baselines.fallback``; see ``solvers.reconstruct_steps``, ``domain_check``). A reconstruction
+is smoother, hence more likely, than the truth, so the check is loose for images of the domain;
+a flow can give high likelihood to simple images of other domains (natural photographs under
+the medical prior are as likely as its own test crops), so passing the check is not proof that
+the prior fits.
 """
 
 from __future__ import annotations
