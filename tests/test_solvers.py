@@ -652,10 +652,15 @@ def test_shipped_priors_carry_their_typical_log_density():
         assert typical["n_images"] >= 4 and np.isfinite(typical["q01"]) and typical["q01"] <= typical["median"]
 
 
-def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeypatch):
-    """An out-of-memory error in an automatic whole-image solve (simulated: the first solve raises
-    it) gives the same result as asking for the tiles the fallback chooses, with a warning."""
-    from napari_flow_prior import solvers
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                "allocate 40000000000000 bytes. Error code 12")],
+                         ids=["cuda", "cpu"])
+def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeypatch, error):
+    """A failed allocation in an automatic whole-image solve (simulated: the first solve raises it, as
+    CUDA or as the CPU allocator does) gives the same result as asking for the tiles the fallback
+    chooses: half the whole image's estimate, and within the caller's memory budget."""
+    from napari_flow_prior import solvers, tiling
 
     yy, xx = np.mgrid[0:48, 0:48]
     image = (0.2 + 0.6 * np.exp(-((yy - 20.0) ** 2 + (xx - 27.0) ** 2) / 60)).astype(np.float32)
@@ -666,19 +671,35 @@ def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeyp
     def out_of_memory_once(params, objective, **kwargs):
         calls.append(tuple(params[0].shape))
         if len(calls) == 1:
-            raise torch.OutOfMemoryError("simulated: out of memory")
+            raise error
         return real(params, objective, **kwargs)
 
     monkeypatch.setattr(solvers, "_minimize", out_of_memory_once)
-    monkeypatch.setenv("NFP_MEMORY_BUDGET", "1K")  # the fallback's tiles: as small as allowed
     args = dict(noise_sigma=0.01, iterations=5, device="cpu", space="image", ensemble=1)
-    with pytest.warns(RuntimeWarning, match=r"out of memory on cpu for the whole 48x48 image: solving in 16x16 tiles"):
-        fallen = nfp.reconstruct(y, op, model, memory_budget="1G", **args)
-    assert calls[0][-2:] == (48, 48) and all(shape[-2:] == (16, 16) for shape in calls[1:]) and len(calls) > 2
-    tiled = nfp.reconstruct(y, op, model, tile=16, memory_saving=True, **args)
-    np.testing.assert_allclose(fallen.image, tiled.image, atol=1e-6)
-    assert np.isfinite(fallen.image).all() and fallen.image.shape == image.shape
+    whole = tiling.estimate_solve_bytes(model, op.shape, False)
+    for budget in ("1G", whole):  # a roomy budget, and one the whole image's estimate just fits
+        calls.clear()
+        with pytest.warns(RuntimeWarning, match=r"out of memory on cpu for the whole 48x48 image: solving in 24x24 tiles"):
+            fallen = nfp.reconstruct(y, op, model, memory_budget=budget, **args)
+        assert calls[0][-2:] == (48, 48) and all(shape[-2:] == (24, 24) for shape in calls[1:]) and len(calls) > 2
+        assert tiling.estimate_solve_bytes(model, (24, 24), True) <= whole / 2
+        tiled = nfp.reconstruct(y, op, model, tile=24, memory_saving=True, **args)
+        np.testing.assert_allclose(fallen.image, tiled.image, atol=1e-6)
+        assert np.isfinite(fallen.image).all() and fallen.image.shape == image.shape
 
     calls.clear()
-    with pytest.raises(torch.OutOfMemoryError):  # an explicit tile setting is the user's: no fallback
+    with pytest.raises(type(error)):  # an explicit tile setting is the user's: no fallback
         nfp.reconstruct(y, op, model, tile=0, **args)
+
+
+def test_a_runtime_error_that_is_not_about_memory_is_not_taken_for_one(model, monkeypatch):
+    from napari_flow_prior import solvers
+
+    def broken(params, objective, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(solvers, "_minimize", broken)
+    op = ops.Mask.random((48, 48), missing_fraction=0.5, seed=0)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        nfp.reconstruct(np.zeros((48, 48), np.float32), op, model, noise_sigma=0.01, iterations=5,
+                        device="cpu", space="image", ensemble=1)

@@ -502,8 +502,9 @@ def reconstruct_steps(
     or "4G"; default from the free RAM / GPU memory) and otherwise in overlapping tiles blended
     without seams; 0 always solves the whole image; an integer solves in tiles of that side with
     ``overlap`` (default a quarter tile). Tiles align with the flow's squeeze grid and a
-    GaussianProjection's blocks; an unaligned request is a ValueError (see ``tiling``). A CUDA
-    out-of-memory error in an automatic whole-image solve falls back to tiles with a warning.
+    GaussianProjection's blocks; an unaligned request is a ValueError (see ``tiling``). A failed
+    allocation (CUDA or CPU) in an automatic whole-image solve falls back to tiles of half its
+    estimated memory, with a warning.
     ``cuda_graph`` (True, False or "auto": on for Adam on a CUDA device) replays each objective
     and gradient evaluation as one CUDA graph; if capture fails the solve runs without it.
 
@@ -748,13 +749,16 @@ def reconstruct_steps(
                                   lr=float(settings["lr"]), tol=tol, cancel=cancel, graph=use_graph, project=project,
                                   lr_decay=bool(settings["lr_decay"]))
             outcome = yield from _progress(steps, losses, total)
-        except torch.OutOfMemoryError:
-            if not auto_tile or model.architecture.get("kind") == "linear" or op.kind == "matrix":
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            if (not _out_of_memory(error) or not auto_tile or model.architecture.get("kind") == "linear"
+                    or op.kind == "matrix"):
                 raise
             params = objective = current = None
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            small = tiling.choose_tile(model, op, tiling.default_memory_budget(dev) // 2, True)
+            # the estimate was too optimistic: tiles of at most half of it (so within the caller's budget,
+            # which the whole image's estimate fitted)
+            small = tiling.choose_tile(model, op, tiling.estimate_solve_bytes(model, op.shape, True) // 2, True)
             warnings.warn(f"out of memory on {dev} for the whole {image_hw[0]}x{image_hw[1]} image: "
                           f"solving in {small}x{small} tiles instead", RuntimeWarning, stacklevel=2)
             stack.close()
@@ -782,6 +786,11 @@ def reconstruct_steps(
                     n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
                     params=params, noise_sigma=noise_sigma, std=std)
     return _domain_guard(result, y, op, model, noise_sigma, check_domain)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a plain RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 OUT_OF_DOMAIN = ("the reconstruction is far less likely under the prior ({value:.2f} nats/dim) than its "
