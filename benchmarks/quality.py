@@ -388,7 +388,7 @@ def main(argv=None) -> int:
                     help="use this .safetensors file for model NAME instead of the shipped one")
     ap.add_argument("--rows", default="all", help=f"comma-separated, 'all' or 'headline'; known: "
                                                   f"{', '.join(ROWS)}")
-    ap.add_argument("--sets", default="in,ood", help="in (test crops), ood, or both")
+    ap.add_argument("--sets", default="in,ood", help="comma-separated: in (test crops), ood (default: in,ood)")
     ap.add_argument("--limit-images", type=int, default=None, help="at most N images per set")
     ap.add_argument("--images", default=None, help="only images whose id contains one of these comma-separated "
                     "strings (e.g. to split one row's images between two processes)")
@@ -416,6 +416,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; known: {', '.join(ROWS)}")
     sets = {s.strip() for s in args.sets.split(",")}
+    if not sets or sets - {"in", "ood"}:
+        raise SystemExit(f"--sets {args.sets!r}: use in, ood or in,ood")
     flow_methods = [m.strip() for m in args.flow_methods.split(",") if m.strip()]
     if set(flow_methods) - set(FLOW_METHODS):
         raise SystemExit(f"unknown flow methods; known: {FLOW_METHODS}")
