@@ -441,6 +441,9 @@ def main(argv=None) -> int:
             images = [im for s in ("in", "ood") for im in [i for i in images if i[0] == s][:args.limit_images]]
         if args.images:
             images = [im for im in images if any(part in im[1] for part in args.images.split(","))]
+        if not images:
+            raise SystemExit(f"{name}: no images under {args.data} for --sets {args.sets}"
+                             + (f" and --images {args.images}" if args.images else ""))
         jobs = plan(name, images, rows, flow_methods, not args.no_baselines, not args.no_oracle)
         print(f"{name}: {model.metadata.get('path')} ({len(images)} images, {len(jobs)} runs)",
               flush=True)
