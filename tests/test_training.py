@@ -152,6 +152,10 @@ def test_bad_data_is_rejected_clearly(tmp_path):
     bad.write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read image"):
         run_to_end(train_steps([bad], tiny()))
+    bad_tiff = tmp_path / "broken.tif"  # tifffile's own error is a ValueError: still named with the file
+    bad_tiff.write_bytes(b"not a TIFF either")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.tif: not a TIFF file"):
+        run_to_end(train_steps([bad_tiff], tiny()))
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(small)
     with pytest.raises(ValueError, match="smaller than the 16x16 training patch"):

@@ -29,6 +29,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """The array stored in one image file (no conversion); ValueError if it cannot be read."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"unsupported file type {suffix!r} (supported: {', '.join(IMAGE_SUFFIXES)})")
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -47,11 +49,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 if img.mode in ("P", "LA", "PA", "I;16B"):
                     img = img.convert("RGBA" if "A" in img.mode else "L")
                 array = np.asarray(img)
-        else:
-            raise ValueError(f"unsupported file type {suffix!r} (supported: {', '.join(IMAGE_SUFFIXES)})")
-    except ValueError:
-        raise
-    except Exception as err:  # every reader has its own exception types
+    except Exception as err:  # every reader has its own exception types (tifffile's is a ValueError)
         raise ValueError(f"cannot read image {path}: {err}") from None
     array = np.asarray(array)
     if array.dtype == bool:
