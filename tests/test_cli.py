@@ -153,6 +153,18 @@ def test_errors_are_messages_not_tracebacks(tmp_path, tiny_model, image_file, ca
     assert "bad operator" in capsys.readouterr().err
     assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "cs:0.2"]) == 2
     assert "--simulate" in capsys.readouterr().err
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, np.ones((3, 3), np.float32))
+    for operator in ("mask:0.5", "blur:2"):  # a PSF that would be ignored, or contradict the sigma
+        assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", operator,
+                     "--psf", str(psf)]) == 2
+        assert "--psf is the blur's point-spread function" in capsys.readouterr().err
+    missing = tmp_path / "missing.tif"
+    tifffile.imwrite(missing, np.zeros(tifffile.imread(image_file).shape, np.uint8))
+    for operator in ("blur", "mask:0.5"):
+        assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", operator,
+                     "--mask", str(missing)]) == 2
+        assert "--mask gives the missing pixels" in capsys.readouterr().err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 100)
     assert main(["reconstruct", str(image_file), "--model", str(junk)]) == 2

@@ -24,6 +24,11 @@ def parse_operator(spec: str, shape, seed: int = 0, psf=None, missing=None, bloc
         number = float(value) if value else None
     except ValueError:
         raise ValueError(f"bad operator {spec!r}: expected {OPERATOR_HELP}") from None
+    if psf is not None and (kind != "blur" or number is not None):
+        raise ValueError(f"--psf is the blur's point-spread function: use it with --operator blur (no sigma), "
+                         f"not {spec!r}")
+    if missing is not None and (kind != "mask" or number is not None):
+        raise ValueError(f"--mask gives the missing pixels: use it with --operator mask (no fraction), not {spec!r}")
     if kind == "mask":
         if missing is not None:
             return ops.Mask.from_missing(np.broadcast_to(missing, shape[-2:]).copy(), shape=shape)
