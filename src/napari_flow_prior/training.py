@@ -455,7 +455,7 @@ def train(images, out: str | os.PathLike, config: TrainConfig | None = None, *, 
     out = Path(out)
     kwargs.setdefault("log_path", out.with_suffix(".log"))
     gen = train_steps(images, config, **kwargs)
-    bar = tqdm(total=config.steps, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = None  # opened at the first step, so that an error reading the images comes without one
     try:
         while True:
             try:
@@ -463,10 +463,13 @@ def train(images, out: str | os.PathLike, config: TrainConfig | None = None, *, 
             except StopIteration as stop:
                 model = stop.value
                 break
+            if bar is None:
+                bar = tqdm(total=config.steps, disable=not progress, unit="step", dynamic_ncols=True)
             bar.update(1)
             bar.set_postfix(loss=f"{p.loss:.3f}", val_bpd=f"{p.val_bpd:.3f}" if p.val_bpd else "-",
                             skipped=p.skipped, refresh=False)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     save_model(model, out, domain=domain or model.metadata.get("domain", ""))
     return model
