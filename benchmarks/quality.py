@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; known: {', '.join(ROWS)}")
     sets = {s.strip() for s in args.sets.split(",")}
-    if not sets or sets - {"in", "ood"}:
+    if sets - {"in", "ood"}:  # an empty --sets gives {""}, caught here too
         raise SystemExit(f"--sets {args.sets!r}: use in, ood or in,ood")
     flow_methods = [m.strip() for m in args.flow_methods.split(",") if m.strip()]
     if set(flow_methods) - set(FLOW_METHODS):
