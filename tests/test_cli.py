@@ -251,3 +251,15 @@ def test_demo_runs_the_chosen_model_on_its_sample(tmp_path, tiny_model, capsys, 
     top, k = FIGURE_PAD + FIGURE_CAPTION, FIGURE_SCALE
     panel = sheet[top:top + k * size:k, FIGURE_PAD:FIGURE_PAD + k * size:k]
     np.testing.assert_array_equal(panel, (np.clip(truth, 0, 1) * 255).astype(np.uint8))
+
+
+def test_reconstruct_photon_limited_simulation(tmp_path, tiny_model, image_file, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "blur:1.0", "--simulate",
+                 "--noise", "0", "--photons", "30", "--iterations", "3", "--baseline", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["photons"] == 30.0 and np.isfinite(report["metrics"]["flow"]["psnr"])
+    # measured data: counts / photons is not what the percentile normalisation gives
+    assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "blur:1.0",
+                 "--photons", "30", "--out", str(tmp_path / "measured")]) != 0
+    assert "--photons needs --simulate" in capsys.readouterr().err

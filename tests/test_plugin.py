@@ -468,3 +468,28 @@ def test_solver_fallback_is_shown(make_napari_viewer, qtbot, models):
     assert "note: the warm start does not invert" in widget.metrics.value
     info = viewer.layers["checker reconstruction"].metadata["napari_flow_prior"]
     assert "z = 0" in info["params"]["fallback"]
+
+
+def test_photon_limited_simulation(make_napari_viewer, qtbot, models):
+    """photons: shown for simulate with a mask or blur; Poisson noise in, the Poisson likelihood used."""
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image(), name="cells")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget)
+    widget.operator.value = "blur"
+    assert not widget.photons.native.isHidden()  # (not shown on screen, so .visible is False)
+    widget.mode.value = "measured"
+    assert widget.photons.native.isHidden()
+    widget.mode.value = "simulate"
+    widget.photons.value = "-3"
+    assert widget.run() is None and "photons must be a number > 0" in widget.runner.last_message
+    widget.photons.value = "30"
+    widget.baseline.value = True
+    run_and_wait(qtbot, widget)
+    assert "cells reconstruction" in names(viewer) and "cells baseline" in names(viewer)
+    info = viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]
+    assert info["params"]["photons"] == 30.0 and "PSNR" in widget.metrics.value
+    widget.operator.value = "cs"
+    assert widget.photons.native.isHidden()
+    with pytest.raises(ValueError, match="simulate mode, with a mask or a blur"):
+        run_reconstruction(test_image(), "tiny", OperatorSpec("blur"), mode="measured", photons=30.0)

@@ -703,3 +703,38 @@ def test_a_runtime_error_that_is_not_about_memory_is_not_taken_for_one(model, mo
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         nfp.reconstruct(np.zeros((48, 48), np.float32), op, model, noise_sigma=0.01, iterations=5,
                         device="cpu", space="image", ensemble=1)
+
+
+@pytest.mark.parametrize("kind", ["mask", "blur"])
+@pytest.mark.parametrize("method", ["map", "latent", "posterior"])
+def test_photon_limited_data_lower_the_poisson_misfit(model, image, kind, method):
+    from napari_flow_prior.likelihood import negative_log_likelihood
+
+    op = OPERATORS[kind](image.shape)
+    y = op.measure(image, noise_sigma=0.005, seed=0, noise="poisson", photons=50.0)
+
+    def poisson_misfit(x):
+        return float(negative_log_likelihood(torch.as_tensor(op.forward(np.asarray(x, np.float32)), dtype=torch.float64),
+                                             torch.as_tensor(y, dtype=torch.float64), 0.005, 50.0))
+
+    result = nfp.reconstruct(y, op, model, method=method, noise_sigma=0.005, photons=50.0, iterations=25)
+    assert np.isfinite(result.image).all() and result.params["photons"] == 50.0
+    assert poisson_misfit(result.image) < poisson_misfit(np.full(image.shape, 0.5, np.float32))
+
+
+def test_photons_need_nonnegative_measurements(model, image):
+    op = OPERATORS["cs"](image.shape)
+    with pytest.raises(ValueError, match="photons.*nonnegative"):
+        nfp.reconstruct(op.measure(image), op, model, photons=20.0)
+    with pytest.raises(ValueError, match="photons"):
+        nfp.reconstruct(image, ops.Blur(image.shape, sigma=1.0), model, photons=0)
+
+
+def test_auto_noise_with_photons_estimates_the_read_noise(model):
+    """A flat image: shot noise of variance 0.5 / 200 plus read noise 0.03; 'auto' keeps the read
+    noise's share of the estimated variance."""
+    flat = np.full((128, 128), 0.5, np.float32)
+    op = ops.Blur(flat.shape, sigma=1.0)
+    y = op.measure(flat, noise_sigma=0.03, seed=3, noise="poisson", photons=200.0)
+    result = nfp.reconstruct(y, op, model, noise_sigma="auto", photons=200.0, iterations=1, domain_check=False)
+    assert result.noise_sigma == pytest.approx(0.03, rel=0.25)

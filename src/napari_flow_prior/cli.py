@@ -122,6 +122,10 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
         raise ValueError(f"{image_path} has {int((~finite).sum())} NaN or infinite pixels; {why}")
     if simulate and noise == "auto":
         raise ValueError("--noise auto estimates the noise of measured data; with --simulate give a number")
+    if settings.get("photons") is not None and not simulate:
+        raise ValueError("--photons needs --simulate: measured photon counts must be on the [0, 1] scale as "
+                         "counts / photons, which the percentile normalisation does not keep; use the Python "
+                         "API (reconstruct(..., photons=...)) with your own scaling")
     if not simulate and op.kind == "cs":
         raise ValueError("compressed-sensing measurements can only be simulated here (--simulate)")
     report = {"version": nfp.__version__, "image": str(image_path), "model": prior.metadata.get("name"),
@@ -174,12 +178,15 @@ def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, n
     import napari_flow_prior as nfp
 
     from .baselines import matching_baseline, run_baseline
+    from .likelihood import effective_sigma
 
     finite = np.isfinite(raw)
     if simulate:
         truth, scaling = nfp.normalize(raw, model=prior)
         sigma = float(noise)
-        y = op.measure(truth, noise_sigma=sigma, seed=noise_seed)
+        photons = settings.get("photons")
+        y = op.measure(truth, noise_sigma=sigma, seed=noise_seed, **({} if photons is None else
+                                                                      {"noise": "poisson", "photons": photons}))
     else:
         truth = None
         observed = op.observed_full & finite if op.kind == "mask" else None
@@ -196,7 +203,9 @@ def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, n
             "std": None if result.std is None else scaling.restore_spread(result.std)}
     if baseline:
         part["baseline_name"] = name = matching_baseline(op)
-        part["baseline_estimate"] = run_baseline(name, y, op, noise_sigma=result.noise_sigma)
+        sigma = effective_sigma(y, result.noise_sigma, settings.get("photons"),
+                                op.observed_full if op.kind == "mask" else None)
+        part["baseline_estimate"] = run_baseline(name, y, op, noise_sigma=sigma)
         part["baseline"] = scaling.restore(part["baseline_estimate"])
     return part
 
@@ -323,7 +332,8 @@ def _cmd_models(args) -> int:
     return 0
 
 
-SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "lr_decay", "box", "ensemble", "chains", "temperature")
+SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "lr_decay", "box", "ensemble", "chains", "temperature",
+                  "photons")
 
 
 def _solver_settings(args) -> dict:
@@ -352,6 +362,9 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chains", type=int, help="posterior: Langevin chains run as one batch (default 8)")
     p.add_argument("--temperature", type=float,
                    help="posterior: the prior's temperature T, below 1 sharpens it (default 1, the exact posterior)")
+    p.add_argument("--photons", type=float,
+                   help="with --simulate: photon-limited data, Poisson noise of this expected count at intensity 1 "
+                        "(plus --noise as read noise), reconstructed with the Poisson likelihood (mask or blur)")
     p.add_argument("--block", type=int, default=32, help="compressed-sensing block size")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

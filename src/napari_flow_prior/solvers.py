@@ -35,6 +35,7 @@ from . import operators as ops
 from . import posterior
 from .devices import available_devices, resolve_device
 from .flows import FlowModel, Latent, load_model
+from .likelihood import check_photons, effective_sigma, negative_log_likelihood
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import Scaling, percentile_scaling
 
@@ -491,6 +492,7 @@ def reconstruct_steps(
     memory_budget: int | str | None = None,
     cuda_graph: bool | str = "auto",
     domain_check: bool = True,
+    photons: float | None = None,
     _pixels: float | None = None,
     _frame: Frame | None = None,
 ) -> Iterator[Progress]:
@@ -526,8 +528,12 @@ def reconstruct_steps(
     model's validation images (``domain.domain_report``); where it is far below them the prior does
     not describe the image, and the result is a classical reconstruction instead
     (``baselines.fallback``: TV for compressed sensing, else the warm start), with a warning and
-    ``Result.params["fallback"]`` (False keeps the flow's reconstruction). Yields ``Progress``,
-    returns ``Result``.
+    ``Result.params["fallback"]`` (False keeps the flow's reconstruction).
+    ``photons``: None for Gaussian noise of ``noise_sigma``; a number for photon-limited data,
+    y = Poisson(photons * A x) / photons + N(0, noise_sigma^2) (``photons`` the expected count at
+    intensity 1 of the [0, 1] image, ``noise_sigma`` the read noise, 0 for none): the data term is
+    then the Poisson likelihood of ``likelihood.py`` (masks and blurs, whose measurements are
+    nonnegative). Yields ``Progress``, returns ``Result``.
     """
     t0 = time.time()
     model = as_model(model)
@@ -549,17 +555,25 @@ def reconstruct_steps(
         check_posterior(settings["chains"], settings["temperature"], settings["lr"])
     if method == "map" and settings["space"] not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {settings['space']!r}")
+    photons = check_photons(photons)
+    if photons is not None and op.kind not in ("mask", "blur"):
+        raise ValueError(f"photons= (Poisson noise) needs nonnegative measurements, from a mask or a blur; "
+                         f"{op.kind!r} measurements are not photon counts: give noise_sigma only")
     if isinstance(noise_sigma, str):
         if noise_sigma != "auto":
             raise ValueError(f"noise_sigma must be a number or 'auto', got {noise_sigma!r}")
         noise_sigma = estimate_noise_sigma(y, op)
+        if photons is not None:  # the estimate holds both noises: keep the read noise's share
+            noise_sigma = math.sqrt(max(noise_sigma ** 2 - effective_sigma(y, 0.0, photons, _observed(op)) ** 2, 0.0))
     noise_sigma = float(noise_sigma)
     if not 0 <= noise_sigma < math.inf:
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma}")
+    # what stands for the noise where one sigma is needed (warm start, fallback, posterior annealing)
+    sigma_eff = effective_sigma(y, noise_sigma, photons, _observed(op))
     # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
     passed = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
                   optimizer=optimizer, lr=lr, lr_decay=lr_decay, space=space, box=box, chains=chains,
-                  temperature=temperature,
+                  temperature=temperature, photons=photons,
                   init=init, tol=tol, device=device, seed=seed, cancel=cancel, cuda_graph=cuda_graph)
     frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
     check_domain = domain_check and _frame is None  # once, on the whole result, not per member or tile
@@ -567,7 +581,7 @@ def reconstruct_steps(
         member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
                       memory_budget=memory_budget, _pixels=_pixels)
         result = yield from _reconstruct_ensemble(y, op, model, frames, t0, **member)
-        return _domain_guard(result, y, op, model, noise_sigma, check_domain)
+        return _domain_guard(result, y, op, model, sigma_eff, check_domain)
     frame = frames[0]
     dev = resolve_device(device)
     from . import tiling
@@ -598,7 +612,7 @@ def reconstruct_steps(
     tile_kwargs = dict(passed, memory_saving=memory_saving, _frame=frame)
     if tile:
         result = yield from _reconstruct_tiled(y, op, model, int(tile), overlap, t0, **tile_kwargs)
-        return _domain_guard(result, y, op, model, noise_sigma, check_domain)
+        return _domain_guard(result, y, op, model, sigma_eff, check_domain)
     torch.manual_seed(seed)
     model = model.to(dev).eval()
     # channels-last convolutions: one forward+backward of the nuclei prior at 256x256 on 2 CPU
@@ -618,7 +632,7 @@ def reconstruct_steps(
         if init == "baseline":
             from .baselines import warm_start
 
-            x0 = torch.as_tensor(warm_start(y, op, noise_sigma), device=dev, dtype=dtype)
+            x0 = torch.as_tensor(warm_start(y, op, sigma_eff), device=dev, dtype=dtype)
         elif init == "pinv":
             x0 = op.pseudo_inverse(y_t)
         else:
@@ -637,11 +651,14 @@ def reconstruct_steps(
     # the objective is a mean over pixels; a tile uses the whole image's count, so that its
     # per-pixel gradients (and Adam's steps, whose epsilon is not scale-free) match the whole image's
     n_pixels = float(np.prod(shape)) if _pixels is None else float(_pixels)
-    sigma2 = max(noise_sigma, NOISE_FLOOR) ** 2
+    sigma = noise_sigma if photons is not None else max(noise_sigma, NOISE_FLOOR)
+    sigma_data = max(sigma_eff, NOISE_FLOOR)  # Gaussian: sigma; Poisson: the rms of its sigmas
     lam = float(settings.get("weight", 0.0))
 
-    def residual(x):
-        return op.forward(x.reshape(shape)) - y_t
+    def data_term(x, batch=False):
+        """-log p(y | x) less its minimum (||A x - y||^2 / (2 sigma^2) for Gaussian noise)."""
+        return negative_log_likelihood(op.forward(x.reshape(-1, *shape) if batch else x.reshape(shape)), y_t,
+                                       sigma, photons, batch=batch)
 
     def fall_back(what: str):
         settings["fallback"] = what
@@ -679,8 +696,7 @@ def reconstruct_steps(
 
         def objective():
             x = image()
-            data = residual(x).pow(2).sum() / (2 * sigma2)
-            return (data - lam * model.log_prob(to_frame(x, frame)).sum()) / n_pixels
+            return (data_term(x) - lam * model.log_prob(to_frame(x, frame)).sum()) / n_pixels
 
         def current():
             with torch.no_grad():
@@ -691,7 +707,8 @@ def reconstruct_steps(
 
         def objective():
             x = from_frame(model.decode(latent), frame)
-            return (residual(x).pow(2).sum() + lam * latent.squared_norm().sum()) / n_pixels
+            # ||A G(z) - y||^2 for Gaussian noise (2 sigma^2 times the data term)
+            return (2 * sigma_data ** 2 * data_term(x) + lam * latent.squared_norm().sum()) / n_pixels
 
         def current():
             with torch.no_grad():
@@ -704,11 +721,11 @@ def reconstruct_steps(
         def samples(c):
             return from_frame(model.decode(c), frame)
 
-        def misfit(x):
-            return (op.forward(x.reshape(n_chains, *shape)) - y_t).pow(2).flatten(1).sum(1) / 2
+        def misfit(x):  # ||A x - y||^2 / 2 per chain for Gaussian noise (sigma^2 times the data term)
+            return sigma_data ** 2 * data_term(x, batch=True)
 
         def sampler():
-            return posterior.langevin(code, samples, misfit, sigma=max(noise_sigma, NOISE_FLOOR), iterations=total,
+            return posterior.langevin(code, samples, misfit, sigma=sigma_data, iterations=total,
                                       step=float(settings["lr"]), temperature=float(settings["temperature"]),
                                       generator=noise, cancel=cancel, cancelled=Cancelled, n_pixels=n_pixels)
     else:  # mle: maximise log p(x) on {x : A x = y}
@@ -764,7 +781,7 @@ def reconstruct_steps(
             stack.close()
             result = yield from _reconstruct_tiled(y, op, model, small, overlap, t0,
                                                    **{**tile_kwargs, "memory_saving": True})
-            return _domain_guard(result, y, op, model, noise_sigma, check_domain)
+            return _domain_guard(result, y, op, model, sigma_eff, check_domain)
 
         if method == "posterior":
             x, std = (m.to(dtype).reshape(image_shape) for m in outcome[:2])
@@ -776,7 +793,7 @@ def reconstruct_steps(
         with torch.no_grad():
             density = model.log_density_map(x)[0, 0]
     image = x.reshape(shape).detach().cpu().numpy().astype(np.float32)
-    params = {"method": method, **settings, "noise_sigma": noise_sigma, "init": init if isinstance(init, str) else "image",
+    params = {"method": method, **settings, "noise_sigma": noise_sigma, "photons": photons, "init": init if isinstance(init, str) else "image",
               "tol": tol, "seed": seed, "operator": op.describe(), "model": model.metadata.get("name"),
               "model_sha256": model.metadata.get("sha256"), "memory_saving": memory_saving, "tile": 0,
               "cuda_graph": use_graph, "frames": [list(frame)]}
@@ -785,7 +802,7 @@ def reconstruct_steps(
     result = Result(image=image, log_density=density.cpu().numpy().astype(np.float32), losses=losses,
                     n_iter=len(losses), seconds=time.time() - t0, device=str(dev), method=method,
                     params=params, noise_sigma=noise_sigma, std=std)
-    return _domain_guard(result, y, op, model, noise_sigma, check_domain)
+    return _domain_guard(result, y, op, model, sigma_eff, check_domain)
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -839,7 +856,7 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
     if isinstance(init, str) and init == "baseline":  # one classical start for the whole image, so
         from .baselines import warm_start               # tiles (and holes wider than one) agree
 
-        start = warm_start(y, op, noise_sigma)
+        start = warm_start(y, op, effective_sigma(y, noise_sigma, kwargs.get("photons"), _observed(op)))
     if not isinstance(start, str):
         start = np.asarray(start)
         if tuple(start.shape) != tuple(op.shape):
@@ -885,7 +902,7 @@ def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
     if isinstance(init, str) and init == "baseline":
         from .baselines import warm_start
 
-        start = warm_start(y, op, kwargs["noise_sigma"])
+        start = warm_start(y, op, effective_sigma(y, kwargs["noise_sigma"], kwargs.get("photons"), _observed(op)))
     results = []
     for index, frame in enumerate(frames):
         gen = reconstruct_steps(y, op, model, ensemble=1, init=start, _frame=frame, **kwargs)
@@ -902,6 +919,11 @@ def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
                   noise_sigma=first.noise_sigma, std=std)
+
+
+def _observed(op):
+    """Which measurements a mask observes (None for other operators: all of them)."""
+    return op.observed_full if op.kind == "mask" else None
 
 
 def _progress(steps, losses: list[float], total: int):

@@ -244,6 +244,7 @@ def run_reconstruction(
     *,
     mode: str = "simulate",
     noise_sigma: float | str = 0.01,
+    photons: float | str | None = None,
     method: str = "map",
     iterations: int | None = None,
     weight: float | None = None,
@@ -265,7 +266,9 @@ def run_reconstruction(
     ``mode="simulate"``: ``data`` is a clean image; it is measured with ``operator`` (noise
     ``noise_sigma``, seed ``seed + plane``), reconstructed, and PSNR/SSIM against it are reported.
     ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
-    ``"auto"``); NaN pixels count as missing for a mask. Intensities go through ``normalize`` with
+    ``"auto"``); NaN pixels count as missing for a mask. ``photons`` (simulate mode, mask or blur):
+    photon-limited data, Poisson noise of that expected count at intensity 1 plus ``noise_sigma`` as
+    read noise, reconstructed with the Poisson likelihood; None or "" for Gaussian noise. Intensities go through ``normalize`` with
     the model's settings and results come back in the input's units. ``iterations``, ``weight``
     ``space`` (where ``map`` optimises: "image" or "latent") and ``ensemble`` (solves averaged
     over the prior's symmetry frames, 1 to 8) default to the model's own; ``chains`` is the number
@@ -332,21 +335,35 @@ def run_reconstruction(
     missing = _as_missing(operator.missing, layout)
     if missing is not None and missing.all():
         raise ValueError("the mask marks every pixel as missing: nothing to reconstruct from")
+    if isinstance(photons, str):
+        text = photons.strip().lower()
+        try:
+            photons = None if text in ("", "none", "off") else float(text)
+        except ValueError:
+            raise ValueError(f"photons must be a number > 0 or empty (Gaussian noise), got {photons!r}") from None
+    if photons is not None:
+        if not 0 < photons < float("inf"):
+            raise ValueError(f"photons must be a number > 0 (the expected count at intensity 1), got {photons}")
+        if mode != "simulate" or operator.kind == "cs":
+            raise ValueError("photons (Poisson noise) works in simulate mode, with a mask or a blur: measured "
+                             "counts would have to be on the [0, 1] scale as counts / photons, which the "
+                             "intensity normalisation does not keep")
     from .. import available_devices
 
     if device not in available_devices():
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
-                                 method=method, iterations=iterations, weight=weight, space=space,
+                                 photons=photons, method=method, iterations=iterations, weight=weight, space=space,
                                  ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset))
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
+                          photons, method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
                           image_kwargs, cancel, plane_offset):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
+    from ..likelihood import effective_sigma
 
     stack = layout.canonical(data)
     jobs = layout.jobs()
@@ -376,7 +393,9 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             if not finite.all():
                 raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
             truth, scaling = nfp.normalize(plane, model=model)
-            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j + plane_offset * (n_jobs // layout.n_planes))
+            noise = {} if photons is None else {"noise": "poisson", "photons": photons}
+            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
+                           **noise)
         else:
             observed = finite
             if op.kind == "mask":
@@ -390,7 +409,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
                 op = nfp.operators.Mask(observed, shape=op_shape)
             truth = None
         label = _plane_text(layout, n, c)
-        engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma,
+        engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma, photons=photons,
                                        iterations=iterations, weight=weight, space=space, ensemble=ensemble,
                                        chains=chains, device=device, seed=seed, cancel=cancel)
         try:
@@ -434,7 +453,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
                        f"{label + ' · ' if label else ''}baseline {baseline_name}", plane=n,
                        n_planes=layout.n_planes)
             sigma_b = result.noise_sigma if result.noise_sigma is not None else 0.01
-            b = run_baseline(baseline_name, y, op, noise_sigma=float(sigma_b))
+            sigma_b = effective_sigma(y, float(sigma_b), photons, op.observed_full if op.kind == "mask" else None)
+            b = run_baseline(baseline_name, y, op, noise_sigma=sigma_b)
             base[sl] = scaling.restore(b).reshape(base[sl].shape)
             if truth is not None:
                 scores["baseline_psnr"].append(nfp.psnr(truth, np.clip(b, 0, 1)))

@@ -58,6 +58,10 @@ class ReconstructWidget(Container):
         self.block = SpinBox(label="block size", value=32, min=4, max=256)
         self.noise = LineEdit(label="noise sigma", value="0.01",
                               tooltip="noise standard deviation on the [0, 1] scale, or 'auto' (measured data)")
+        self.photons = LineEdit(label="photons", value="",
+                                tooltip="simulate, mask or blur: empty for Gaussian noise, or the expected photon "
+                                        "count at intensity 1 for Poisson (shot) noise, with noise sigma as read "
+                                        "noise; the solve then uses the Poisson likelihood")
         self.method = ComboBox(label="method", choices=list(METHODS), value="map",
                                tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
                                        "latent code; mle: most likely image that fits exactly; posterior: "
@@ -85,7 +89,7 @@ class ReconstructWidget(Container):
         self.metrics.native.setWordWrap(True)
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.planes, self.operator, self.mask_source, self.missing_fraction,
-            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.method, self.iterations,
+            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.photons, self.method, self.iterations,
             self.weight, self.space, self.ensemble, self.chains, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
@@ -124,6 +128,11 @@ class ReconstructWidget(Container):
             except RuntimeError:  # the widget was closed, the viewer lives on
                 self.viewer.layers.selection.events.active.disconnect(self._follow_active)
 
+    def _photons_apply(self) -> bool:
+        """Poisson noise is simulated, for a mask or a blur (measured counts are not kept on the
+        [0, 1] scale by the normalisation)."""
+        return self.mode.value == "simulate" and self.operator.value in ("mask", "blur")
+
     def _sync_visibility(self, *_):
         kind = self.operator.value
         image = self.image.value
@@ -133,6 +142,7 @@ class ReconstructWidget(Container):
         self.psf_source.visible = kind == "blur"
         self.sigma.visible = kind == "blur" and self.psf_source.value is None
         self.ratio.visible = self.block.visible = kind == "cs"
+        self.photons.visible = self._photons_apply()
         self.space.visible = self.method.value == "map"
         self.chains.visible = self.method.value == "posterior"
         self.weight.visible = self.method.value in ("map", "latent")
@@ -191,6 +201,7 @@ class ReconstructWidget(Container):
         contrast = tuple(image.contrast_limits) if not image.rgb else None
         return run_reconstruction(
             data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
+            photons=self.photons.value if self._photons_apply() else None,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
             space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
             chains=int(self.chains.value) if self.method.value == "posterior" else None, device=self.device.value,
