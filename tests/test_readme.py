@@ -30,7 +30,8 @@ def test_solver_defaults_example_prints_what_its_comment_says():
         assert eval(call, namespace) == ast.literal_eval(comment.strip())
 
 
-@pytest.mark.parametrize("marker", ["x = sample_image(\"nuclei\", 128)", "model.bits_per_dim(block"])
+@pytest.mark.parametrize("marker", ["x = sample_image(\"nuclei\", 128)", "model.bits_per_dim(block",
+                                    "photons=20, seed=0"])
 def test_self_contained_example_runs(marker, capsys):
     source = block_with(marker)
     exec(compile(source, "README.md", "exec"), {"__name__": "readme_example"})

@@ -6,7 +6,7 @@
     result = nfp.reconstruct(op.measure(image, noise_sigma=0.01, seed=0), op, model, noise_sigma=0.01)
 """
 
-from . import baselines, metrics, operators
+from . import baselines, likelihood, metrics, operators
 from .__about__ import __version__
 from .flows import FlowModel, Latent, available_models, build_model, load_model, save_model
 from .metrics import psnr, ssim
@@ -26,7 +26,7 @@ from .solvers import (
 
 __all__ = [
     "Cancelled", "FlowModel", "Latent", "Progress", "Result", "__version__", "available_devices",
-    "available_models", "baselines", "build_model", "estimate_noise_sigma", "load_model", "log_density",
+    "available_models", "baselines", "build_model", "estimate_noise_sigma", "likelihood", "load_model", "log_density",
     "metrics", "normalize", "operators", "psnr", "reconstruct", "reconstruct_stack",
     "reconstruct_stack_steps", "reconstruct_steps", "save_model", "ssim",
 ]
