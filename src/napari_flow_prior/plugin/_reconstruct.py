@@ -62,6 +62,7 @@ class ReconstructWidget(Container):
                                 tooltip="simulate, mask or blur: empty for Gaussian noise, or the expected photon "
                                         "count at intensity 1 for Poisson (shot) noise, with noise sigma as read "
                                         "noise; the solve then uses the Poisson likelihood")
+        self.photons.native.setPlaceholderText("empty: Gaussian noise")
         self.method = ComboBox(label="method", choices=list(METHODS), value="map",
                                tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
                                        "latent code; mle: most likely image that fits exactly; posterior: "
