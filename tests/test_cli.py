@@ -259,7 +259,33 @@ def test_reconstruct_photon_limited_simulation(tmp_path, tiny_model, image_file,
                  "--noise", "0", "--photons", "30", "--iterations", "3", "--baseline", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["params"]["photons"] == 30.0 and np.isfinite(report["metrics"]["flow"]["psnr"])
-    # measured data: counts / photons is not what the percentile normalisation gives
+    # measured counts take --gain and --offset instead
     assert main(["reconstruct", str(image_file), "--model", str(tiny_model), "--operator", "blur:1.0",
                  "--photons", "30", "--out", str(tmp_path / "measured")]) != 0
-    assert "--photons needs --simulate" in capsys.readouterr().err
+    assert "--photons is for --simulate" in capsys.readouterr().err
+
+
+def test_reconstruct_measured_photon_counts(tmp_path, tiny_model, capsys):
+    """A camera image: counts = (raw - offset) / gain; the report holds the photon count at 1, the
+    reconstruction comes back in the camera's units."""
+    yy, xx = np.mgrid[0:24, 0:24]
+    truth = 0.2 + 0.7 * np.exp(-((yy - 10.0) ** 2 + (xx - 13.0) ** 2) / 30)
+    op = nfp.operators.Blur(truth.shape, sigma=1.0)
+    counts = np.random.default_rng(0).poisson(40 * op.forward(truth))
+    raw = (100 + 2.0 * counts).astype(np.uint16)
+    path = tmp_path / "camera.tif"
+    tifffile.imwrite(path, raw)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(path), "--model", str(tiny_model), "--operator", "blur:1.0", "--gain", "2",
+                 "--offset", "100", "--noise", "0", "--iterations", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["photons"] == pytest.approx(np.percentile(counts, 99.8))
+    assert report["normalization"]["low"] == [100.0]
+    recon = tifffile.imread(out / "reconstruction.tif")
+    assert np.isfinite(recon).all() and abs(recon.mean() - raw.mean()) < 0.2 * raw.mean()
+    assert main(["reconstruct", str(path), "--model", str(tiny_model), "--operator", "blur:1.0", "--gain", "2",
+                 "--simulate", "--out", str(tmp_path / "x")]) != 0
+    assert "--gain" in capsys.readouterr().err
+    assert main(["reconstruct", str(path), "--model", str(tiny_model), "--operator", "blur:1.0", "--gain", "2",
+                 "--offset", "60000", "--out", str(tmp_path / "y")]) != 0
+    assert "check both" in capsys.readouterr().err

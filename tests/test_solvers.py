@@ -738,3 +738,14 @@ def test_auto_noise_with_photons_estimates_the_read_noise(model):
     y = op.measure(flat, noise_sigma=0.03, seed=3, noise="poisson", photons=200.0)
     result = nfp.reconstruct(y, op, model, noise_sigma="auto", photons=200.0, iterations=1, domain_check=False)
     assert result.noise_sigma == pytest.approx(0.03, rel=0.25)
+
+
+def test_normalize_counts_keeps_zero_photons_at_zero():
+    raw = np.array([[100.0, 140.0], [300.0, np.nan]])  # offset 100, gain 2: 0, 20, 100 photons
+    y, scaling, photons = nfp.normalize_counts(raw, gain=2.0, offset=100.0, observed=np.isfinite(raw))
+    assert photons == pytest.approx(np.percentile([0.0, 20.0, 100.0], 99.8))
+    assert y[0, 0] == 0 and y[1, 1] == 0 and y[0, 1] * photons == pytest.approx(20.0)
+    assert np.allclose(scaling.restore(y)[np.isfinite(raw)], raw[np.isfinite(raw)])
+    assert np.isnan(raw[1, 1])  # the input is not modified
+    with pytest.raises(ValueError, match="gain"):
+        nfp.normalize_counts(raw, gain=0.0)

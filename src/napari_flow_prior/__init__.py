@@ -18,6 +18,7 @@ from .solvers import (
     estimate_noise_sigma,
     log_density,
     normalize,
+    normalize_counts,
     reconstruct,
     reconstruct_stack,
     reconstruct_stack_steps,
@@ -27,6 +28,6 @@ from .solvers import (
 __all__ = [
     "Cancelled", "FlowModel", "Latent", "Progress", "Result", "__version__", "available_devices",
     "available_models", "baselines", "build_model", "estimate_noise_sigma", "likelihood", "load_model", "log_density",
-    "metrics", "normalize", "operators", "psnr", "reconstruct", "reconstruct_stack",
+    "metrics", "normalize", "normalize_counts", "operators", "psnr", "reconstruct", "reconstruct_stack",
     "reconstruct_stack_steps", "reconstruct_steps", "save_model", "ssim",
 ]

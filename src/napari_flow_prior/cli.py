@@ -93,12 +93,14 @@ def _model_layout(raw: np.ndarray, channels: int, image_path) -> tuple[np.ndarra
 
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
                      out="reconstruction", simulate=False, mask=None, psf=None, device="auto", seed=0,
-                     baseline=False, block=32, **settings) -> dict:
+                     baseline=False, block=32, gain=None, offset=0.0, **settings) -> dict:
     """The ``reconstruct`` command as a function: returns the report it writes as JSON.
     ``settings`` are the solver's (``SOLVER_OPTIONS``, None = the default), passed to ``reconstruct``.
     An RGB image with a 1-channel prior runs channel by channel (one operator for all channels;
     measurement noise seeded ``seed + channel``) and its outputs are RGB; the log-density is summed
-    over the channels."""
+    over the channels. ``gain`` (input units per detected photon) and ``offset`` (the camera's
+    baseline): IMAGE holds photon counts, scaled by ``normalize_counts`` and reconstructed with the
+    Poisson likelihood (``photons`` from the counts)."""
     import napari_flow_prior as nfp
 
     from .imageio import read_image
@@ -123,9 +125,11 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     if simulate and noise == "auto":
         raise ValueError("--noise auto estimates the noise of measured data; with --simulate give a number")
     if settings.get("photons") is not None and not simulate:
-        raise ValueError("--photons needs --simulate: measured photon counts must be on the [0, 1] scale as "
-                         "counts / photons, which the percentile normalisation does not keep; use the Python "
-                         "API (reconstruct(..., photons=...)) with your own scaling")
+        raise ValueError("--photons is for --simulate; for measured photon counts give the camera's --gain "
+                         "(input units per photon) and --offset")
+    if gain is not None and (simulate or op.kind not in ("mask", "blur")):
+        raise ValueError("--gain (measured photon counts) works with measured data (no --simulate; there use "
+                         "--photons) and a mask or blur operator")
     if not simulate and op.kind == "cs":
         raise ValueError("compressed-sensing measurements can only be simulated here (--simulate)")
     report = {"version": nfp.__version__, "image": str(image_path), "model": prior.metadata.get("name"),
@@ -136,6 +140,7 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     t0 = time.time()
     parts = [_reconstruct_one(image, op, prior, simulate=simulate, noise=noise, method=method, device=device,
                               seed=seed, noise_seed=seed + c, baseline=baseline, settings=settings,
+                              counts=None if gain is None else (gain, offset),
                               desc=f"{method} {op.kind}" + (f" channel {'RGB'[c]}" if split else ""))
              for c, image in enumerate(raw if split else [raw])]
     first = parts[0]
@@ -173,7 +178,7 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
 
 
 def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, noise_seed, baseline, settings,
-                     desc) -> dict:
+                     desc, counts=None) -> dict:
     """Scale, (simulate: measure,) reconstruct one image the model takes; arrays in input units."""
     import napari_flow_prior as nfp
 
@@ -190,7 +195,12 @@ def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, n
     else:
         truth = None
         observed = op.observed_full & finite if op.kind == "mask" else None
-        y, scaling = nfp.normalize(np.where(finite, raw, 0), observed=observed, model=prior)
+        if counts is None:
+            y, scaling = nfp.normalize(np.where(finite, raw, 0), observed=observed, model=prior)
+        else:  # photon counts: scaled so that y * photons are the counts, for the Poisson likelihood
+            y, scaling, photons = nfp.normalize_counts(np.where(finite, raw, 0), *counts, observed=observed,
+                                                       model=prior)
+            settings = {**settings, "photons": photons}
         sigma = noise if noise == "auto" else float(noise)
     result = _run_with_bar(nfp.reconstruct_steps(y, op, prior, method=method, noise_sigma=sigma, device=device,
                                                  seed=seed, **settings), desc)
@@ -267,6 +277,7 @@ def _cmd_reconstruct(args) -> int:
     report = reconstruct_file(args.image, model=args.model, operator=args.operator, noise=args.noise,
                               method=args.method, out=args.out, simulate=args.simulate, mask=args.mask,
                               psf=args.psf, device=args.device, seed=args.seed, baseline=args.baseline,
+                              gain=args.gain, offset=args.offset,
                               block=args.block, **_solver_settings(args))
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
@@ -386,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--simulate", action="store_true", help="IMAGE is the ground truth: measure it first and report metrics")
     r.add_argument("--mask", help="image file of the missing pixels (nonzero = missing), for measured data")
     r.add_argument("--psf", help="image file of the point-spread function, for measured blurred data")
+    r.add_argument("--gain", type=float, help="measured photon counts: input units per detected photon "
+                   "(the camera's gain); the solve then uses the Poisson likelihood, --noise the read noise")
+    r.add_argument("--offset", type=float, default=0.0, help="with --gain: the camera's baseline, in input units")
     _add_solver_options(r)
     r.add_argument("--baseline", action="store_true", help="also run the matching classical baseline")
     r.set_defaults(fn=_cmd_reconstruct)

@@ -63,3 +63,28 @@ def percentile_scaling(image: np.ndarray, low_pct: float = 1.0, high_pct: float 
     if channel_axis is not None:
         shape[channel_axis] = -1
     return Scaling(np.float32(lows).reshape(shape), np.float32(highs).reshape(shape))
+
+
+def counts_scaling(image: np.ndarray, gain: float, offset: float = 0.0, high_pct: float = 99.8,
+                   observed: np.ndarray | None = None) -> tuple[Scaling, float]:
+    """The scaling of photon-count data to [0, 1] that keeps its Poisson statistics, and the photon
+    count at 1: counts = (image - offset) / gain (``gain``: input units per detected photon,
+    ``offset``: the camera's baseline), divided by ``photons``, the ``high_pct`` percentile of the
+    (observed, finite) counts. Unlike ``percentile_scaling`` the zero stays at zero photons, so
+    y * photons are the counts that ``Operator.measure(noise="poisson")`` models."""
+    gain, offset = float(gain), float(offset)
+    if not 0 < gain < np.inf:
+        raise ValueError(f"gain must be a number > 0 (input units per detected photon), got {gain}")
+    if not np.isfinite(offset):
+        raise ValueError(f"offset must be a finite number, got {offset}")
+    counts = (np.asarray(image, np.float64) - offset) / gain
+    keep = np.isfinite(counts)
+    if observed is not None:
+        keep &= np.broadcast_to(np.asarray(observed, bool), counts.shape)
+    if not keep.any():
+        raise ValueError("no observed, finite pixel to compute the photon count from")
+    photons = float(np.percentile(counts[keep], high_pct))
+    if not photons > 0:
+        raise ValueError(f"the brightest pixels hold {photons:.3g} photons after subtracting the offset "
+                         f"{offset:g} and dividing by the gain {gain:g}: check both")
+    return Scaling(np.float32(offset), np.float32(offset + gain * photons)), photons

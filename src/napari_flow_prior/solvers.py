@@ -37,7 +37,7 @@ from .devices import available_devices, resolve_device
 from .flows import FlowModel, Latent, load_model
 from .likelihood import check_photons, effective_sigma, negative_log_likelihood
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
-from .normalization import Scaling, percentile_scaling
+from .normalization import Scaling, counts_scaling, percentile_scaling
 
 METHODS = ("map", "latent", "mle", "posterior")
 NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
@@ -195,6 +195,23 @@ def normalize(image, observed=None, model: ModelLike | None = None) -> tuple[np.
     if observed is not None:
         scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0).astype(np.float32)
     return scaled, scaling
+
+
+def normalize_counts(image, gain: float, offset: float = 0.0, observed=None,
+                     model: ModelLike | None = None) -> tuple[np.ndarray, Scaling, float]:
+    """Scale photon-count data (e.g. a camera image: ``gain`` input units per detected photon, on a
+    baseline ``offset``) to [0, 1] for ``reconstruct(..., photons=photons)``: returns the scaled
+    image (counts / photons, not clipped, unobserved pixels 0), the ``Scaling`` back to the input's
+    units and ``photons``, the count at intensity 1 (the model's upper normalisation percentile of
+    the counts). The input is never modified."""
+    norm = dict(DEFAULT_NORMALIZATION)
+    if model is not None:
+        norm.update(as_model(model).metadata.get("normalization") or {})
+    scaling, photons = counts_scaling(image, gain, offset, norm["high_pct"], observed=observed)
+    scaled = scaling.apply(image)
+    if observed is not None:
+        scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0)
+    return np.asarray(scaled, np.float32), scaling, photons
 
 
 def diagonal_details(y: np.ndarray) -> np.ndarray:
