@@ -289,3 +289,6 @@ def test_reconstruct_measured_photon_counts(tmp_path, tiny_model, capsys):
     assert main(["reconstruct", str(path), "--model", str(tiny_model), "--operator", "blur:1.0", "--gain", "2",
                  "--offset", "60000", "--out", str(tmp_path / "y")]) != 0
     assert "check both" in capsys.readouterr().err
+    assert main(["reconstruct", str(path), "--model", str(tiny_model), "--operator", "blur:1.0", "--offset", "100",
+                 "--out", str(tmp_path / "z")]) != 0
+    assert "give the camera's --gain too" in capsys.readouterr().err

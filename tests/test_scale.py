@@ -400,3 +400,18 @@ def test_batch_passes_the_optimisation_space(tmp_path, batch_inputs):
     with pytest.raises(ValueError, match="chains must be an integer"):
         run_batch(folder, tmp_path / "bad", model=str(model), method="posterior", chains=0, progress=False)
     assert not (tmp_path / "bad" / "img0").exists()
+
+
+def test_batch_of_camera_images_as_photon_counts(tmp_path, batch_inputs):
+    """--gain/--offset reach every image: each is scaled as counts and solved with the Poisson term."""
+    from napari_flow_prior.cli import main
+
+    folder, model = batch_inputs
+    out = tmp_path / "out"
+    assert main(["batch", str(folder), "--out", str(out), "--model", str(model), "--operator", "blur:1.0",
+                 "--gain", "20", "--offset", "900", "--noise", "0", "--iterations", "2"]) == 0
+    for i in range(3):
+        report = json.loads((out / f"img{i}" / "report.json").read_text())
+        assert report["params"]["photons"] > 0 and report["normalization"]["low"] == [900.0]
+    settings = json.loads((out / "batch_report.json").read_text())["settings"]
+    assert settings["gain"] == 20.0 and settings["offset"] == 900.0

@@ -93,7 +93,7 @@ def _model_layout(raw: np.ndarray, channels: int, image_path) -> tuple[np.ndarra
 
 def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="0.01", method="map",
                      out="reconstruction", simulate=False, mask=None, psf=None, device="auto", seed=0,
-                     baseline=False, block=32, gain=None, offset=0.0, **settings) -> dict:
+                     baseline=False, block=32, gain=None, offset=None, **settings) -> dict:
     """The ``reconstruct`` command as a function: returns the report it writes as JSON.
     ``settings`` are the solver's (``SOLVER_OPTIONS``, None = the default), passed to ``reconstruct``.
     An RGB image with a 1-channel prior runs channel by channel (one operator for all channels;
@@ -127,6 +127,8 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     if settings.get("photons") is not None and not simulate:
         raise ValueError("--photons is for --simulate; for measured photon counts give the camera's --gain "
                          "(input units per photon) and --offset")
+    if offset is not None and gain is None:
+        raise ValueError("--offset is the baseline of photon counts: give the camera's --gain too")
     if gain is not None and (simulate or op.kind not in ("mask", "blur")):
         raise ValueError("--gain (measured photon counts) works with measured data (no --simulate; there use "
                          "--photons) and a mask or blur operator")
@@ -140,7 +142,7 @@ def reconstruct_file(image_path, *, model="nuclei", operator="mask:0.8", noise="
     t0 = time.time()
     parts = [_reconstruct_one(image, op, prior, simulate=simulate, noise=noise, method=method, device=device,
                               seed=seed, noise_seed=seed + c, baseline=baseline, settings=settings,
-                              counts=None if gain is None else (gain, offset),
+                              counts=None if gain is None else (gain, offset or 0.0),
                               desc=f"{method} {op.kind}" + (f" channel {'RGB'[c]}" if split else ""))
              for c, image in enumerate(raw if split else [raw])]
     first = parts[0]
@@ -277,7 +279,7 @@ def _cmd_reconstruct(args) -> int:
     report = reconstruct_file(args.image, model=args.model, operator=args.operator, noise=args.noise,
                               method=args.method, out=args.out, simulate=args.simulate, mask=args.mask,
                               psf=args.psf, device=args.device, seed=args.seed, baseline=args.baseline,
-                              gain=args.gain, offset=args.offset,
+                              **_counts_settings(args),
                               block=args.block, **_solver_settings(args))
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
@@ -291,7 +293,7 @@ def _cmd_batch(args) -> int:
 
     report = run_batch(args.input, args.out, model=args.model, operator=args.operator, noise=args.noise,
                        method=args.method, simulate=args.simulate, device=args.device, seed=args.seed,
-                       block=args.block, **_solver_settings(args))
+                       block=args.block, **_counts_settings(args), **_solver_settings(args))
     print(f"{report['done']} done, {report['skipped']} skipped (already finished), {report['failed']} failed: "
           f"see {Path(args.out) / REPORT}")
     for name, entry in report["images"].items():
@@ -351,6 +353,17 @@ def _solver_settings(args) -> dict:
     return {k: getattr(args, k) for k in SOLVER_OPTIONS}
 
 
+def _add_counts_options(p: argparse.ArgumentParser) -> None:
+    """Measured photon counts (``reconstruct`` and ``batch``)."""
+    p.add_argument("--gain", type=float, help="measured photon counts: input units per detected photon "
+                   "(the camera's gain); the solve then uses the Poisson likelihood, --noise the read noise")
+    p.add_argument("--offset", type=float, help="with --gain: the camera's baseline, in input units (default 0)")
+
+
+def _counts_settings(args) -> dict:
+    return {k: getattr(args, k) for k in ("gain", "offset") if getattr(args, k) is not None}
+
+
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
     """The solve's settings (``SOLVER_OPTIONS``), shared by ``reconstruct`` and ``batch``."""
     p.add_argument("--method", default="map", choices=list(METHODS),
@@ -397,9 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--simulate", action="store_true", help="IMAGE is the ground truth: measure it first and report metrics")
     r.add_argument("--mask", help="image file of the missing pixels (nonzero = missing), for measured data")
     r.add_argument("--psf", help="image file of the point-spread function, for measured blurred data")
-    r.add_argument("--gain", type=float, help="measured photon counts: input units per detected photon "
-                   "(the camera's gain); the solve then uses the Poisson likelihood, --noise the read noise")
-    r.add_argument("--offset", type=float, default=0.0, help="with --gain: the camera's baseline, in input units")
+    _add_counts_options(r)
     _add_solver_options(r)
     r.add_argument("--baseline", action="store_true", help="also run the matching classical baseline")
     r.set_defaults(fn=_cmd_reconstruct)
@@ -411,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--operator", default="mask:0.8", help=OPERATOR_HELP)
     b.add_argument("--noise", default="0.01", help="noise sigma on the [0, 1] scale, or 'auto'")
     b.add_argument("--simulate", action="store_true", help="inputs are ground truths: measure them first, report metrics")
+    _add_counts_options(b)
     _add_solver_options(b)
     b.set_defaults(fn=_cmd_batch)
 
