@@ -493,3 +493,30 @@ def test_photon_limited_simulation(make_napari_viewer, qtbot, models):
     assert widget.photons.native.isHidden()
     with pytest.raises(ValueError, match="simulate mode, with a mask or a blur"):
         run_reconstruction(test_image(), "tiny", OperatorSpec("blur"), mode="measured", photons=30.0)
+
+
+def test_measured_photon_counts(make_napari_viewer, qtbot, models):
+    """camera gain/offset: shown for measured data with a mask or blur; the layer is read as counts."""
+    viewer = make_napari_viewer()
+    counts = np.random.default_rng(0).poisson(30 * (0.2 + 0.6 * (test_image() - 20) / 160))
+    data = (100 + 2.0 * counts).astype(np.float32)
+    original = data.copy()
+    viewer.add_image(data, name="camera")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget)
+    widget.operator.value = "blur"
+    assert widget.gain.native.isHidden()  # simulate mode
+    widget.mode.value = "measured"
+    assert not widget.gain.native.isHidden() and widget.photons.native.isHidden()
+    widget.gain.value = "two"
+    assert widget.run() is None and "camera gain must be" in widget.runner.last_message
+    widget.gain.value, widget.offset.value = "2", "100"
+    widget.noise.value = "0"
+    run_and_wait(qtbot, widget)
+    info = viewer.layers["camera reconstruction"].metadata["napari_flow_prior"]
+    assert info["params"]["photons"] == pytest.approx(np.percentile(counts, 99.8))
+    recon = viewer.layers["camera reconstruction"].data
+    assert np.isfinite(recon).all() and abs(recon.mean() - data.mean()) < 0.2 * data.mean()
+    np.testing.assert_array_equal(viewer.layers["camera"].data, original)
+    with pytest.raises(ValueError, match="camera gain"):
+        run_reconstruction(data, "tiny", OperatorSpec("blur"), mode="simulate", gain=2.0)

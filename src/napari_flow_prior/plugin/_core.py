@@ -237,6 +237,19 @@ def _as_missing(missing, layout: _Layout) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------------------- reconstruct
+def _optional_number(value, what: str, expected: str) -> float | None:
+    """A widget's text (or a number) as a float; None for an empty field."""
+    if value is None or not isinstance(value, str):
+        return None if value is None else float(value)
+    text = value.strip().lower()
+    if text in ("", "none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{what} must be {expected}, got {value!r}") from None
+
+
 def run_reconstruction(
     data,
     model,
@@ -245,6 +258,8 @@ def run_reconstruction(
     mode: str = "simulate",
     noise_sigma: float | str = 0.01,
     photons: float | str | None = None,
+    gain: float | str | None = None,
+    offset: float | str = 0.0,
     method: str = "map",
     iterations: int | None = None,
     weight: float | None = None,
@@ -268,7 +283,10 @@ def run_reconstruction(
     ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
     ``"auto"``); NaN pixels count as missing for a mask. ``photons`` (simulate mode, mask or blur):
     photon-limited data, Poisson noise of that expected count at intensity 1 plus ``noise_sigma`` as
-    read noise, reconstructed with the Poisson likelihood; None or "" for Gaussian noise. Intensities go through ``normalize`` with
+    read noise, reconstructed with the Poisson likelihood; None or "" for Gaussian noise. ``gain``
+    and ``offset`` (measured mode, mask or blur): the layer holds photon counts, (data - offset) / gain
+    (a camera's gain in units per detected photon and its baseline), scaled by ``normalize_counts``
+    and reconstructed with the Poisson likelihood; None or "" for ordinary data. Intensities go through ``normalize`` with
     the model's settings and results come back in the input's units. ``iterations``, ``weight``
     ``space`` (where ``map`` optimises: "image" or "latent") and ``ensemble`` (solves averaged
     over the prior's symmetry frames, 1 to 8) default to the model's own; ``chains`` is the number
@@ -335,12 +353,15 @@ def run_reconstruction(
     missing = _as_missing(operator.missing, layout)
     if missing is not None and missing.all():
         raise ValueError("the mask marks every pixel as missing: nothing to reconstruct from")
-    if isinstance(photons, str):
-        text = photons.strip().lower()
-        try:
-            photons = None if text in ("", "none", "off") else float(text)
-        except ValueError:
-            raise ValueError(f"photons must be a number > 0 or empty (Gaussian noise), got {photons!r}") from None
+    photons = _optional_number(photons, "photons", "a number > 0 or empty (Gaussian noise)")
+    gain = _optional_number(gain, "camera gain", "a number > 0 (units per photon) or empty (not photon counts)")
+    offset = _optional_number(offset, "camera offset", "a number (the baseline, in the layer's units)") or 0.0
+    if gain is not None:
+        if not 0 < gain < float("inf"):
+            raise ValueError(f"camera gain must be a number > 0 (units per detected photon), got {gain}")
+        if mode != "measured" or operator.kind == "cs":
+            raise ValueError("camera gain (photon counts) is for measured data with a mask or a blur; "
+                             "in simulate mode give photons")
     if photons is not None:
         if not 0 < photons < float("inf"):
             raise ValueError(f"photons must be a number > 0 (the expected count at intensity 1), got {photons}")
@@ -353,13 +374,13 @@ def run_reconstruction(
     if device not in available_devices():
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
-                                 photons=photons, method=method, iterations=iterations, weight=weight, space=space,
+                                 photons=photons, counts=None if gain is None else (gain, offset), method=method, iterations=iterations, weight=weight, space=space,
                                  ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset))
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          photons, method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
+                          photons, counts, method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
                           image_kwargs, cancel, plane_offset):
     import napari_flow_prior as nfp
     from ..baselines import matching_baseline, run_baseline
@@ -403,8 +424,13 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             elif not finite.all():
                 raise ValueError(f"layer {name!r} has NaN or infinite pixels; only a mask can treat "
                                  "them as missing")
-            y, scaling = nfp.normalize(np.where(finite, plane, 0), observed=observed if op.kind == "mask" else None,
-                                       model=model)
+            if counts is None:
+                y, scaling = nfp.normalize(np.where(finite, plane, 0),
+                                           observed=observed if op.kind == "mask" else None, model=model)
+            else:  # photon counts: y * photons are the counts, for the Poisson likelihood
+                y, scaling, photons = nfp.normalize_counts(np.where(finite, plane, 0), *counts,
+                                                           observed=observed if op.kind == "mask" else None,
+                                                           model=model)
             if op.kind == "mask":
                 op = nfp.operators.Mask(observed, shape=op_shape)
             truth = None

@@ -63,6 +63,13 @@ class ReconstructWidget(Container):
                                         "count at intensity 1 for Poisson (shot) noise, with noise sigma as read "
                                         "noise; the solve then uses the Poisson likelihood")
         self.photons.native.setPlaceholderText("empty: Gaussian noise")
+        self.gain = LineEdit(label="camera gain", value="",
+                             tooltip="measured, mask or blur: empty for ordinary data, or the camera's units per "
+                                     "detected photon: the layer is then read as photon counts, (data - offset) / "
+                                     "gain, and solved with the Poisson likelihood (noise sigma: the read noise)")
+        self.gain.native.setPlaceholderText("empty: not photon counts")
+        self.offset = LineEdit(label="camera offset", value="0",
+                               tooltip="with a camera gain: the camera's baseline (dark level), in the layer's units")
         self.method = ComboBox(label="method", choices=list(METHODS), value="map",
                                tooltip="map: likelihood-regularized MAP (default); latent: optimise the "
                                        "latent code; mle: most likely image that fits exactly; posterior: "
@@ -90,7 +97,8 @@ class ReconstructWidget(Container):
         self.metrics.native.setWordWrap(True)
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.planes, self.operator, self.mask_source, self.missing_fraction,
-            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.photons, self.method, self.iterations,
+            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.photons, self.gain, self.offset, self.method,
+            self.iterations,
             self.weight, self.space, self.ensemble, self.chains, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
             self.status, self.metrics,
         ])
@@ -134,6 +142,10 @@ class ReconstructWidget(Container):
         [0, 1] scale by the normalisation)."""
         return self.mode.value == "simulate" and self.operator.value in ("mask", "blur")
 
+    def _counts_apply(self) -> bool:
+        """Measured photon counts: measured data, a mask or a blur."""
+        return self.mode.value == "measured" and self.operator.value in ("mask", "blur")
+
     def _sync_visibility(self, *_):
         kind = self.operator.value
         image = self.image.value
@@ -144,6 +156,7 @@ class ReconstructWidget(Container):
         self.sigma.visible = kind == "blur" and self.psf_source.value is None
         self.ratio.visible = self.block.visible = kind == "cs"
         self.photons.visible = self._photons_apply()
+        self.gain.visible = self.offset.visible = self._counts_apply()
         self.space.visible = self.method.value == "map"
         self.chains.visible = self.method.value == "posterior"
         self.weight.visible = self.method.value in ("map", "latent")
@@ -203,6 +216,8 @@ class ReconstructWidget(Container):
         return run_reconstruction(
             data, source, spec, mode=self.mode.value, noise_sigma=self.noise.value,
             photons=self.photons.value if self._photons_apply() else None,
+            gain=self.gain.value if self._counts_apply() else None,
+            offset=self.offset.value if self._counts_apply() else 0.0,
             method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
             space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
             chains=int(self.chains.value) if self.method.value == "posterior" else None, device=self.device.value,
