@@ -45,7 +45,7 @@ def run_case(model, image, desc, row, photons, seed) -> dict:
     op = (nfp.operators.Blur(image.shape, sigma=2.0) if row == "blur"
           else nfp.operators.Mask.random(image.shape, missing_fraction=0.8, seed=seed))
     y = op.measure(image, noise_sigma=0.0, seed=seed + 1, noise="poisson", photons=photons)
-    sigma = effective_sigma(y, 0.0, photons, op.observed_full if row == "mask" else None)
+    sigma = effective_sigma(y, 0.0, photons, op)
     out = {"image": desc, "row": row, "photons": photons, "effective_sigma": round(sigma, 4)}
     for name, kwargs in (("flow poisson", {"noise_sigma": 0.0, "photons": photons}),
                          ("flow gaussian", {"noise_sigma": sigma})):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_flow_prior.likelihood import check_photons, effective_sigma, negative_log_likelihood
+from napari_flow_prior.operators import Mask
 
 
 def test_gaussian_term_is_the_scaled_squared_residual():
@@ -53,9 +54,9 @@ def test_poisson_term_is_smallest_at_a_nonnegative_rate_and_finite_below_zero(co
 
 def test_effective_sigma_is_the_rms_of_the_measurements_sigmas():
     y = np.array([[0.2, 0.6], [0.0, 123.0]])
-    observed = np.array([[True, True], [True, False]])
+    mask = Mask(np.array([[True, True], [True, False]]))  # only the observed pixels count
     expected = math.sqrt((0.2 + 0.6 + 0.0) / 3 / 50 + 0.01 ** 2)
-    assert math.isclose(effective_sigma(y, 0.01, 50.0, observed), expected)
+    assert math.isclose(effective_sigma(y, 0.01, 50.0, mask), expected)
     assert effective_sigma(y, 0.01, None) == 0.01
 
 

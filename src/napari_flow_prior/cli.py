@@ -192,8 +192,8 @@ def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, n
         truth, scaling = nfp.normalize(raw, model=prior)
         sigma = float(noise)
         photons = settings.get("photons")
-        y = op.measure(truth, noise_sigma=sigma, seed=noise_seed, **({} if photons is None else
-                                                                      {"noise": "poisson", "photons": photons}))
+        y = op.measure(truth, noise_sigma=sigma, seed=noise_seed, noise="gaussian" if photons is None else "poisson",
+                       photons=photons)
     else:
         truth = None
         observed = op.observed_full & finite if op.kind == "mask" else None
@@ -215,8 +215,7 @@ def _reconstruct_one(raw, op, prior, *, simulate, noise, method, device, seed, n
             "std": None if result.std is None else scaling.restore_spread(result.std)}
     if baseline:
         part["baseline_name"] = name = matching_baseline(op)
-        sigma = effective_sigma(y, result.noise_sigma, settings.get("photons"),
-                                op.observed_full if op.kind == "mask" else None)
+        sigma = effective_sigma(y, result.noise_sigma, settings.get("photons"), op)
         part["baseline_estimate"] = run_baseline(name, y, op, noise_sigma=sigma)
         part["baseline"] = scaling.restore(part["baseline_estimate"])
     return part

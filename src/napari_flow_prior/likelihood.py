@@ -37,20 +37,21 @@ def check_photons(photons) -> float | None:
     except (TypeError, ValueError):
         raise ValueError(f"photons must be a number > 0 (the expected count at intensity 1), got {photons!r}") from None
     if not 0 < value < math.inf:
-        raise ValueError(f"photons must be a finite number > 0 (the expected count at intensity 1), got {photons}")
+        raise ValueError(f"photons must be a number > 0 (finite: the expected count at intensity 1), got {photons}")
     return value
 
 
-def effective_sigma(y, noise_sigma: float, photons: float | None, observed=None) -> float:
+def effective_sigma(y, noise_sigma: float, photons: float | None, op=None) -> float:
     """The one standard deviation that stands for the noise: ``noise_sigma`` for Gaussian noise;
-    for Poisson, sqrt(mean(max(y, 0)) / photons + noise_sigma^2) over the ``observed`` measurements
-    (boolean, y's shape; None: all), the root-mean-square of their standard deviations (for warm
-    starts, fallbacks and the posterior's annealing)."""
+    for Poisson, sqrt(mean(max(y, 0)) / photons + noise_sigma^2) over the measurements ``op``
+    observes (a mask's observed pixels; every one for other operators or None), the
+    root-mean-square of their standard deviations (for warm starts, baselines, fallbacks and the
+    posterior's annealing)."""
     if photons is None:
         return float(noise_sigma)
     y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
-    if observed is not None:
-        y = y[torch.as_tensor(np.broadcast_to(np.asarray(observed, bool), tuple(y.shape)).copy())]
+    if op is not None and op.kind == "mask":
+        y = y[torch.as_tensor(np.broadcast_to(op.observed_full, tuple(y.shape)).copy())]
     mean = float(y.clamp_min(0).mean()) if y.numel() else 0.0
     return math.sqrt(mean / photons + noise_sigma ** 2)
 

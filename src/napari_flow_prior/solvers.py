@@ -581,12 +581,12 @@ def reconstruct_steps(
             raise ValueError(f"noise_sigma must be a number or 'auto', got {noise_sigma!r}")
         noise_sigma = estimate_noise_sigma(y, op)
         if photons is not None:  # the estimate holds both noises: keep the read noise's share
-            noise_sigma = math.sqrt(max(noise_sigma ** 2 - effective_sigma(y, 0.0, photons, _observed(op)) ** 2, 0.0))
+            noise_sigma = math.sqrt(max(noise_sigma ** 2 - effective_sigma(y, 0.0, photons, op) ** 2, 0.0))
     noise_sigma = float(noise_sigma)
     if not 0 <= noise_sigma < math.inf:
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma}")
     # what stands for the noise where one sigma is needed (warm start, fallback, posterior annealing)
-    sigma_eff = effective_sigma(y, noise_sigma, photons, _observed(op))
+    sigma_eff = effective_sigma(y, noise_sigma, photons, op)
     # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
     passed = dict(method=method, noise_sigma=noise_sigma, iterations=iterations, weight=weight,
                   optimizer=optimizer, lr=lr, lr_decay=lr_decay, space=space, box=box, chains=chains,
@@ -873,7 +873,7 @@ def _reconstruct_tiled(y, op, model, tile, overlap, t0, *, init, noise_sigma, **
     if isinstance(init, str) and init == "baseline":  # one classical start for the whole image, so
         from .baselines import warm_start               # tiles (and holes wider than one) agree
 
-        start = warm_start(y, op, effective_sigma(y, noise_sigma, kwargs.get("photons"), _observed(op)))
+        start = warm_start(y, op, effective_sigma(y, noise_sigma, kwargs.get("photons"), op))
     if not isinstance(start, str):
         start = np.asarray(start)
         if tuple(start.shape) != tuple(op.shape):
@@ -919,7 +919,7 @@ def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
     if isinstance(init, str) and init == "baseline":
         from .baselines import warm_start
 
-        start = warm_start(y, op, effective_sigma(y, kwargs["noise_sigma"], kwargs.get("photons"), _observed(op)))
+        start = warm_start(y, op, effective_sigma(y, kwargs["noise_sigma"], kwargs.get("photons"), op))
     results = []
     for index, frame in enumerate(frames):
         gen = reconstruct_steps(y, op, model, ensemble=1, init=start, _frame=frame, **kwargs)
@@ -936,11 +936,6 @@ def _reconstruct_ensemble(y, op, model, frames, t0, *, init, **kwargs):
                   losses=[v for r in results for v in r.losses], n_iter=sum(r.n_iter for r in results),
                   seconds=time.time() - t0, device=first.device, method=first.method, params=params,
                   noise_sigma=first.noise_sigma, std=std)
-
-
-def _observed(op):
-    """Which measurements a mask observes (None for other operators: all of them)."""
-    return op.observed_full if op.kind == "mask" else None
 
 
 def _progress(steps, losses: list[float], total: int):

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..__about__ import __version__
 from ..solvers import METHODS, SPACES, check_ensemble, check_posterior, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
+from ..likelihood import check_photons
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
@@ -362,9 +363,7 @@ def run_reconstruction(
         if mode != "measured" or operator.kind == "cs":
             raise ValueError("camera gain (photon counts) is for measured data with a mask or a blur; "
                              "in simulate mode give photons")
-    if photons is not None:
-        if not 0 < photons < float("inf"):
-            raise ValueError(f"photons must be a number > 0 (the expected count at intensity 1), got {photons}")
+    if check_photons(photons) is not None:
         if mode != "simulate" or operator.kind == "cs":
             raise ValueError("photons (Poisson noise) works in simulate mode, with a mask or a blur: measured "
                              "counts would have to be on the [0, 1] scale as counts / photons, which the "
@@ -414,9 +413,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             if not finite.all():
                 raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
             truth, scaling = nfp.normalize(plane, model=model)
-            noise = {} if photons is None else {"noise": "poisson", "photons": photons}
             y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
-                           **noise)
+                           noise="gaussian" if photons is None else "poisson", photons=photons)
         else:
             observed = finite
             if op.kind == "mask":
@@ -479,7 +477,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
                        f"{label + ' · ' if label else ''}baseline {baseline_name}", plane=n,
                        n_planes=layout.n_planes)
             sigma_b = result.noise_sigma if result.noise_sigma is not None else 0.01
-            sigma_b = effective_sigma(y, float(sigma_b), photons, op.observed_full if op.kind == "mask" else None)
+            sigma_b = effective_sigma(y, float(sigma_b), photons, op)
             b = run_baseline(baseline_name, y, op, noise_sigma=sigma_b)
             base[sl] = scaling.restore(b).reshape(base[sl].shape)
             if truth is not None:
