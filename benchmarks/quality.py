@@ -181,7 +181,8 @@ def noise_floor_psnr(image, op, noise: float) -> float:
 
 
 # the flow solves run baselines too (their warm start, the out-of-domain fallback)
-FLOW_SOURCES = ("solvers", "baselines", "operators", "tiling", "devices", "normalization", "flows")
+FLOW_SOURCES = ("solvers", "baselines", "operators", "tiling", "devices", "normalization", "likelihood", "domain",
+                "flows")
 BASELINE_SOURCES = ("baselines", "operators")
 
 

@@ -128,7 +128,7 @@ def main() -> None:
         truth = np.tile(tile, (-(-size // tile.shape[0]), -(-size // tile.shape[1])))[:size, :size]
         op = nfp.operators.Mask.random(truth.shape, missing_fraction=0.8, seed=0)
         y = op.measure(truth, noise_sigma=0.01, seed=0)
-        graph_options = (True, False) if "cuda" in str(nfp.solvers.resolve_device(args.device)) else (False,)
+        graph_options = (True, False) if "cuda" in str(nfp.devices.resolve_device(args.device)) else (False,)
         images = {}
         for graph in graph_options:
             solve(y, op, 3, cuda_graph=graph)  # warm-up: cuDNN plans, allocator
@@ -143,7 +143,7 @@ def main() -> None:
             figures["solves"][-1]["max_abs_difference_to_graph"] = float(np.abs(images[True] - images[False]).max())
             print(json.dumps(figures["solves"][-1]), flush=True)
     if args.compile:
-        figures["compile"] = compile_figures(model, nfp.solvers.resolve_device(args.device))
+        figures["compile"] = compile_figures(model, nfp.devices.resolve_device(args.device))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=1))
 

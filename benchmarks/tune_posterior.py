@@ -2,7 +2,7 @@
 
 Each configuration is a JSON object of ``reconstruct`` arguments (method, iterations, lr, chains,
 temperature, ensemble, ...); the key ``sigma_start`` sets the annealing's first sigma of
-``posterior.langevin`` (an exploration knob, not a ``reconstruct`` argument). Images: the
+``solvers.langevin.langevin`` (an exploration knob, not a ``reconstruct`` argument). Images: the
 validation images of ``tune_solver.py`` (``--digits`` MNIST validation digits, else ``--crops``
 random crops of the model's validation blocks); noise 0.01; one torch thread.
 
@@ -33,7 +33,7 @@ from tune_solver import validation_images  # noqa: E402
 
 def main(argv=None) -> int:
     import napari_flow_prior as nfp
-    from napari_flow_prior import posterior
+    from napari_flow_prior.solvers import posterior
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("configs", nargs="+", help="JSON objects of reconstruct arguments")

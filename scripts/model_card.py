@@ -70,7 +70,7 @@ def solver_table(model) -> str:
     solver = model.metadata.get("solver") or {}
     rows = [(method, kind, settings) for method, kinds in sorted(solver.items()) for kind, settings in sorted(kinds.items())]
     if not rows:
-        return "None: `reconstruct` uses the engine's defaults (`solvers.DEFAULTS`)."
+        return "None: `reconstruct` uses the engine's defaults (`flows.settings.DEFAULTS`)."
     lines = ["`reconstruct` uses these when the caller gives none (`solvers.solver_defaults`); they were",
              "chosen on validation images by `benchmarks/tune_solver.py` (map; a dense `Matrix` takes the",
              "compressed-sensing choice) and `benchmarks/tune_posterior.py` (posterior); everything else is",

@@ -378,7 +378,7 @@ def test_lr_decay_or_a_constant_step(model, image, tmp_path):
     """Adam's step decays (cosine, to 5%) over the budget by default; lr_decay=False keeps it: on a
     far-away minimum the constant run travels the full lr per step."""
     from napari_flow_prior.flows.files import save_model
-    from napari_flow_prior.solvers import _minimize
+    from napari_flow_prior.solvers.optimize import minimize as _minimize
 
     def travel(decay):
         p = torch.zeros(1, requires_grad=True)
@@ -413,7 +413,7 @@ def test_latent_start_that_does_not_invert_starts_from_the_flow_mode():
     """A start far outside the prior's domain (a checkerboard for the digit prior) encodes to a
     latent code of ~4e3 that float32 decodes to ~1e5: the latent-space solve must notice, start
     from z = 0 instead, say so, and still fit the data (before: 5 steps, then an image of 3e11)."""
-    from napari_flow_prior.solvers import _encode_start
+    from napari_flow_prior.solvers.problem import encode_start as _encode_start
 
     model = nfp.load_model("digits")
     yy, xx = np.mgrid[0:28, 0:28]
@@ -496,7 +496,7 @@ def test_langevin_samples_the_gaussian_posterior_of_a_linear_prior():
     """For a linear flow x = G z the posterior of x given y = A x + noise is Gaussian with a
     closed form; the sampler's mean and per-pixel spread must match it (Metropolis-adjusted, so
     only Monte Carlo error remains)."""
-    from napari_flow_prior.posterior import langevin
+    from napari_flow_prior.solvers.langevin import langevin
 
     torch.manual_seed(0)
     shape, n, sigma, temperature = (1, 2, 3), 6, 0.3, 0.8
@@ -573,7 +573,7 @@ def test_posterior_settings_are_checked(model, image):
 
 
 def test_minimize_ends_on_the_lowest_objective_it_saw():
-    from napari_flow_prior.solvers import _minimize
+    from napari_flow_prior.solvers.optimize import minimize as _minimize
 
     p = torch.nn.Parameter(torch.tensor([0.1], dtype=torch.float64))
     objective = lambda: (p ** 2).sum()  # noqa: E731 - Adam with a step of 5 overshoots and climbs
@@ -660,13 +660,14 @@ def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeyp
     """A failed allocation in an automatic whole-image solve (simulated: the first solve raises it, as
     CUDA or as the CPU allocator does) gives the same result as asking for the tiles the fallback
     chooses: half the whole image's estimate, and within the caller's memory budget."""
-    from napari_flow_prior import solvers, tiling
+    from napari_flow_prior import tiling
+    from napari_flow_prior.solvers import engine
 
     yy, xx = np.mgrid[0:48, 0:48]
     image = (0.2 + 0.6 * np.exp(-((yy - 20.0) ** 2 + (xx - 27.0) ** 2) / 60)).astype(np.float32)
     op = ops.Mask.random(image.shape, missing_fraction=0.5, seed=0)
     y = op.measure(image, noise_sigma=0.01, seed=0)
-    real, calls = solvers._minimize, []
+    real, calls = engine.minimize, []
 
     def out_of_memory_once(params, objective, **kwargs):
         calls.append(tuple(params[0].shape))
@@ -674,7 +675,7 @@ def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeyp
             raise error
         return real(params, objective, **kwargs)
 
-    monkeypatch.setattr(solvers, "_minimize", out_of_memory_once)
+    monkeypatch.setattr(engine, "minimize", out_of_memory_once)
     args = dict(noise_sigma=0.01, iterations=5, device="cpu", space="image", ensemble=1)
     whole = tiling.estimate_solve_bytes(model, op.shape, False)
     for budget in ("1G", whole):  # a roomy budget, and one the whole image's estimate just fits
@@ -693,12 +694,12 @@ def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeyp
 
 
 def test_a_runtime_error_that_is_not_about_memory_is_not_taken_for_one(model, monkeypatch):
-    from napari_flow_prior import solvers
+    from napari_flow_prior.solvers import engine
 
     def broken(params, objective, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(solvers, "_minimize", broken)
+    monkeypatch.setattr(engine, "minimize", broken)
     op = ops.Mask.random((48, 48), missing_fraction=0.5, seed=0)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         nfp.reconstruct(np.zeros((48, 48), np.float32), op, model, noise_sigma=0.01, iterations=5,
@@ -749,3 +750,14 @@ def test_normalize_counts_keeps_zero_photons_at_zero():
     assert np.isnan(raw[1, 1])  # the input is not modified
     with pytest.raises(ValueError, match="gain"):
         nfp.normalize_counts(raw, gain=0.0)
+
+
+def test_channels_last_rgb_with_a_one_channel_model_names_the_shape_and_channel_axis(model):
+    """(48, 48, 3) data with a 1-channel model: the error names the shape and suggests channel_axis=-1."""
+    rgb = np.random.default_rng(0).random((48, 48, 3)).astype(np.float32)
+    op = ops.Blur(rgb.shape, sigma=1.0)
+    with pytest.raises(ValueError, match=r"shape \(48, 48, 3\) has 48 channel\(s\).*channel_axis=-1"):
+        nfp.reconstruct(rgb, op, model, iterations=2)
+    plane = ops.Blur(rgb.shape[:2], sigma=1.0)
+    y = np.stack([plane.forward(rgb[..., c]) for c in range(3)], axis=-1)
+    assert nfp.reconstruct(y, plane, model, channel_axis=-1, iterations=2).image.shape == (48, 48, 3)

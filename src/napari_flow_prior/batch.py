@@ -149,8 +149,9 @@ def run_batch(source, out, *, model="nuclei", operator="mask:0.8", noise="0.01",
               simulate=False, device="auto", seed=0, block=32, progress=True, **settings) -> dict:
     """Process every image of ``source`` into ``out``; returns the batch report (see module doc).
     ``settings`` are the solver's (``cli.SOLVER_OPTIONS``), as for ``reconstruct_file``."""
-    from .cli import reconstruct_file
-    from .solvers import SPACES, check_ensemble, check_posterior
+    from .flows.settings import SPACES
+    from .jobs import reconstruct_file
+    from .solvers.checks import check_ensemble, check_posterior
 
     space, ensemble = settings.get("space"), settings.get("ensemble")
     if space is not None and space not in SPACES:  # fail once, not once per image

@@ -31,7 +31,7 @@ def run_demo(out="demo", size: int = 128, model: str = "nuclei", noise_sigma: fl
     import napari_flow_prior as nfp
 
     from .baselines import BASELINES, run_baseline
-    from .cli import parse_operator
+    from .jobs import parse_operator
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .flows import as_model
+
 DEFAULT = {"low_pct": 1.0, "high_pct": 99.8, "clip": True}
 
 
@@ -88,3 +90,41 @@ def counts_scaling(image: np.ndarray, gain: float, offset: float = 0.0, high_pct
         raise ValueError(f"the brightest pixels hold {photons:.3g} photons after subtracting the offset "
                          f"{offset:g} and dividing by the gain {gain:g}: check both")
     return Scaling(np.float32(offset), np.float32(offset + gain * photons)), photons
+
+
+def normalize(image, observed=None, model=None) -> tuple[np.ndarray, Scaling]:
+    """Scale an image to the [0, 1] range of ``model`` (its ``normalization`` metadata: percentiles
+    over the observed, finite pixels), returning the scaled image and the ``Scaling`` whose
+    ``restore`` maps results back to the input's units. The input is never modified. A (C, H, W)
+    image for a C-channel model is scaled channel by channel, as the trainer scales its data."""
+    norm = dict(DEFAULT)
+    channel_axis = None
+    if model is not None:
+        model = as_model(model)
+        norm.update(model.metadata.get("normalization") or {})
+        shape = np.shape(image)
+        if model.channels > 1 and len(shape) == 3 and shape[0] == model.channels:
+            channel_axis = 0
+    scaling = percentile_scaling(image, norm["low_pct"], norm["high_pct"], observed=observed,
+                                 channel_axis=channel_axis)
+    scaled = scaling.apply(image, clip=bool(norm.get("clip", True)))
+    if observed is not None:
+        scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0).astype(np.float32)
+    return scaled, scaling
+
+
+def normalize_counts(image, gain: float, offset: float = 0.0, observed=None,
+                     model=None) -> tuple[np.ndarray, Scaling, float]:
+    """Scale photon-count data (e.g. a camera image: ``gain`` input units per detected photon, on a
+    baseline ``offset``) to [0, 1] for ``reconstruct(..., photons=photons)``: returns the scaled
+    image (counts / photons, not clipped, unobserved pixels 0), the ``Scaling`` back to the input's
+    units and ``photons``, the count at intensity 1 (the model's upper normalisation percentile of
+    the counts). The input is never modified."""
+    norm = dict(DEFAULT)
+    if model is not None:
+        norm.update(as_model(model).metadata.get("normalization") or {})
+    scaling, photons = counts_scaling(image, gain, offset, norm["high_pct"], observed=observed)
+    scaled = scaling.apply(image)
+    if observed is not None:
+        scaled = np.where(np.broadcast_to(observed, scaled.shape), scaled, 0)
+    return np.asarray(scaled, np.float32), scaling, photons

@@ -289,6 +289,12 @@ def restrict_to_neighbours(blend: Blender, t: Tile):
     return ops.Mask(covered, shape=sub), np.where(covered, blend.partial(t), 0).astype(np.float32)
 
 
+def tileable(model, op) -> bool:
+    """Whether the image can be solved in tiles: not for a dense linear flow (one Gaussian over the
+    whole image) nor for a dense matrix operator (every measurement sees every pixel)."""
+    return model.architecture.get("kind") != "linear" and op.kind != "matrix"
+
+
 def choose_tile(model, op, memory_budget: int, memory_saving: bool) -> int:
     """The largest aligned tile side whose solve fits the budget (at least 4 alignments)."""
     align = alignment(op, model)

@@ -27,8 +27,8 @@ from .flows import FlowModel, build_model, load_model, save_model
 from .imageio import as_planes, image_files, read_image
 from .normalization import DEFAULT as DEFAULT_NORMALIZATION
 from .normalization import percentile_scaling
-from .solvers import is_integer, is_number
-from .solvers import run_to_end  # noqa: F401  (re-exported: drives train_steps)
+from .solvers.checks import is_integer, is_number
+from .solvers.result import run_to_end  # noqa: F401  (re-exported: drives train_steps)
 
 
 @dataclass

@@ -4,7 +4,7 @@ A file holds tensors only (loading can never execute code) and these metadata ke
 string: ``format_version``, ``architecture`` (the arguments of ``build_model``),
 ``normalization`` ({"low_pct", "high_pct", "clip"}), ``domain``, ``training``, ``metrics`` and,
 optionally, ``solver``: the reconstruction settings chosen for this prior on its validation
-images, ``{method: {operator kind: {setting: value}}}`` (see ``solvers.DEFAULTS``).
+images, ``{method: {operator kind: {setting: value}}}`` (see ``flows.settings``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import settings
 from .model import KINDS, FlowModel, build_model
 
 FORMAT_VERSION = 1
@@ -137,11 +138,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def check_solver_settings(solver, path) -> None:
-    """ValueError, naming the file, unless ``solver`` holds only settings ``solvers.DEFAULTS`` knows."""
-    from ..solvers import check_solver_settings as check
-
+    """ValueError, naming the file, unless ``solver`` holds only settings ``settings.DEFAULTS`` knows."""
     try:
-        check(solver)
+        settings.check_solver_settings(solver)
     except ValueError as err:
         raise ValueError(f"{path}: solver settings in the model metadata: {err}") from None
 
@@ -175,3 +174,13 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     model.metadata.update(name=path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name,
                           path=str(path), sha256=file_sha256(path))
     return model.eval().to(device)
+
+
+def as_model(model: "FlowModel | str | os.PathLike") -> FlowModel:
+    """The model itself, or the shipped/user model of that name, or the ``.safetensors`` file at
+    that path (loaded), so every public function takes any of them."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, FlowModel) or hasattr(model, "log_prob"):  # a model, or a wrapper of one
+        return model
+    raise TypeError(f"model must be a FlowModel, a model name or a .safetensors path, got {type(model).__name__}")

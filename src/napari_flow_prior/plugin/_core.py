@@ -379,11 +379,9 @@ def run_reconstruction(
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          photons, counts, method, iterations, weight, space, ensemble, chains, device, seed, baseline, name, layer_kwargs,
-                          image_kwargs, cancel, plane_offset):
-    import napari_flow_prior as nfp
-    from ..baselines import matching_baseline, run_baseline
-    from ..likelihood import effective_sigma
+                          photons, counts, method, iterations, weight, space, ensemble, chains, device, seed, baseline,
+                          name, layer_kwargs, image_kwargs, cancel, plane_offset):
+    from .. import pipeline
 
     stack = layout.canonical(data)
     jobs = layout.jobs()
@@ -399,90 +397,54 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
     baseline_name = None
     seconds = 0.0
     per_job = None  # optimiser iterations per plane, known after the first Progress
+    gain, offset = counts if counts is not None else (None, 0.0)
     for j, (n, c) in enumerate(jobs):
         plane = stack[n] if c is None else stack[n, c:c + 1]
         if plane.shape[0] == 1:
             plane = plane[0]
-        op_shape = plane.shape
         plane_missing = None
         if missing is not None:
             plane_missing = missing if missing.ndim == 2 else missing[n]
-        op = spec.build(op_shape, seed + plane_offset + n, plane_missing)
-        finite = np.isfinite(plane)
-        if mode == "simulate":
-            if not finite.all():
-                raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
-            truth, scaling = nfp.normalize(plane, model=model)
-            y = op.measure(truth, noise_sigma=float(noise_sigma), seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
-                           noise="gaussian" if photons is None else "poisson", photons=photons)
-        else:
-            observed = finite
-            if op.kind == "mask":
-                observed = observed & op.observed_full
-            elif not finite.all():
-                raise ValueError(f"layer {name!r} has NaN or infinite pixels; only a mask can treat "
-                                 "them as missing")
-            if counts is None:
-                y, scaling = nfp.normalize(np.where(finite, plane, 0),
-                                           observed=observed if op.kind == "mask" else None, model=model)
-            else:  # photon counts: y * photons are the counts, for the Poisson likelihood
-                y, scaling, photons = nfp.normalize_counts(np.where(finite, plane, 0), *counts,
-                                                           observed=observed if op.kind == "mask" else None,
-                                                           model=model)
-            if op.kind == "mask":
-                op = nfp.operators.Mask(observed, shape=op_shape)
-            truth = None
+        op = spec.build(plane.shape, seed + plane_offset + n, plane_missing)
+        if mode == "simulate" and not np.isfinite(plane).all():
+            raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
+        if mode == "measured" and op.kind != "mask" and not np.isfinite(plane).all():
+            raise ValueError(f"layer {name!r} has NaN or infinite pixels; only a mask can treat them as missing")
         label = _plane_text(layout, n, c)
-        engine = nfp.reconstruct_steps(y, op, model, method=method, noise_sigma=noise_sigma, photons=photons,
-                                       iterations=iterations, weight=weight, space=space, ensemble=ensemble,
-                                       chains=chains, device=device, seed=seed, cancel=cancel)
+        job = pipeline.run(plane, op, model, simulate=mode == "simulate", noise_sigma=noise_sigma, photons=photons,
+                           gain=gain, offset=offset, noise_seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
+                           baseline=baseline, method=method, iterations=iterations, weight=weight, space=space,
+                           ensemble=ensemble, chains=chains, device=device, seed=seed, cancel=cancel)
         try:
             while True:
                 try:
-                    p = next(engine)
+                    p = next(job)
                 except StopIteration as stop:
-                    result = stop.value
+                    outcome = stop.value
                     break
                 per_job = per_job or max(int(p.total), 1)
                 done = j * per_job + min(int(p.iteration), per_job)
                 text = f"{label + ' · ' if label else ''}iteration {p.iteration}/{p.total} · loss {p.loss:.4g}"
                 yield Step(done, per_job * n_jobs, text, plane=n, n_planes=layout.n_planes, loss=float(p.loss))
         finally:
-            engine.close()
+            job.close()
+        result, op = outcome.result, outcome.op
         seconds += result.seconds
         noise_used.append(float(result.noise_sigma) if result.noise_sigma is not None else float("nan"))
         if not first_params:
             first_params = {k: v for k, v in result.params.items() if k not in ("model", "model_sha256")}
-        out = result.image
         sl = (n, slice(None)) if c is None else (n, slice(c, c + 1))
-        restored = scaling.restore(out).reshape(op_shape)
-        if mode == "measured" and method == "mle" and op.kind == "mask":
-            # A x = y exactly: observed pixels are the input's own values (also where the
-            # intensity normalisation clipped them)
-            restored = np.where(op.observed_full, plane, restored)
-        recon[sl] = restored.reshape(recon[sl].shape)
+        recon[sl] = outcome.reconstruction.reshape(recon[sl].shape)
         density[n] += result.log_density
         if spread is not None:
-            spread[sl] = scaling.restore_spread(result.std).reshape(spread[sl].shape)
+            spread[sl] = outcome.std.reshape(spread[sl].shape)
         if meas is not None:
-            shown = y if op.kind in ("mask", "blur") else op.pseudo_inverse(y)
-            meas[sl] = scaling.restore(shown).reshape(meas[sl].shape)
-        if truth is not None:
-            scores["psnr"].append(nfp.psnr(truth, np.clip(out, 0, 1)))
-            scores["ssim"].append(nfp.ssim(truth, np.clip(out, 0, 1)))
+            meas[sl] = outcome.measured.reshape(meas[sl].shape)
+        for key, value in outcome.scores().items():
+            scores[key].append(value)
         if base is not None:
-            baseline_name = matching_baseline(op)
-            total = per_job * n_jobs if per_job else n_jobs
-            yield Step(min((j + 1) * (per_job or 1), total), total,
-                       f"{label + ' · ' if label else ''}baseline {baseline_name}", plane=n,
-                       n_planes=layout.n_planes)
-            sigma_b = result.noise_sigma if result.noise_sigma is not None else 0.01
-            sigma_b = effective_sigma(y, float(sigma_b), photons, op)
-            b = run_baseline(baseline_name, y, op, noise_sigma=sigma_b)
-            base[sl] = scaling.restore(b).reshape(base[sl].shape)
-            if truth is not None:
-                scores["baseline_psnr"].append(nfp.psnr(truth, np.clip(b, 0, 1)))
-                scores["baseline_ssim"].append(nfp.ssim(truth, np.clip(b, 0, 1)))
+            baseline_name = outcome.baseline_name
+            base[sl] = outcome.baseline.reshape(base[sl].shape)
 
     metrics = {k: float(np.mean(v)) for k, v in scores.items() if v}
     info = {

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .flows import Latent
+from ..flows import Latent
 
 
 class _Moments:
