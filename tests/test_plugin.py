@@ -57,6 +57,13 @@ def names(viewer):
     return [layer.name for layer in viewer.layers]
 
 
+def result(viewer, name):
+    """The newest result layer named ``<name> [<method> #<run>]`` (each widget run adds its own)."""
+    found = [layer for layer in viewer.layers if layer.name.startswith(name + " [")]
+    assert found, f"no layer {name!r} [...] in {names(viewer)}"
+    return max(found, key=lambda layer: int(layer.name.rpartition("#")[2].rstrip("]")))
+
+
 def make_widget(viewer, cls_name):
     from napari_flow_prior import plugin
 
@@ -114,7 +121,8 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     widget.baseline.value = True
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    expected = ["cells", "cells measurements", "cells reconstruction", "cells log-density", "cells baseline"]
+    expected = ["cells", "cells measurements [map #1]", "cells reconstruction [map #1]", "cells log-density [map #1]",
+                "cells baseline [map #1]"]
     assert names(viewer) == expected
     for name in expected[1:]:
         out = viewer.layers[name]
@@ -123,20 +131,22 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
         info = out.metadata["napari_flow_prior"]
         assert info["model"] == "tiny" and len(info["model_sha256"]) == 64
         assert info["version"] == nfp.__version__ and info["operator_first_plane"]["kind"] == "mask"
-    assert viewer.layers["cells log-density"].metadata["napari_flow_prior"]["unit"] == "nats/pixel"
+    assert viewer.layers["cells log-density [map #1]"].metadata["napari_flow_prior"]["unit"] == "nats/pixel"
     assert "PSNR" in widget.metrics.value and "biharmonic" in widget.metrics.value
     # intensities come back in the input's units
-    recon = viewer.layers["cells reconstruction"].data
+    recon = result(viewer, "cells reconstruction").data
     assert 0.5 * original.mean() < recon.mean() < 1.5 * original.mean()
     np.testing.assert_array_equal(layer.data, original)
 
-    # re-running (another operator) updates the same layers instead of adding copies
+    # re-running (another operator) with 'replace' ticked updates the same layers instead of adding copies
     before = [id(viewer.layers[n]) for n in expected]
+    widget.replace.value = True
     widget.operator.value = "blur"
     run_and_wait(qtbot, widget)
+    expected = [n.replace("#1", "#2") for n in expected]
     assert names(viewer) == expected
     assert [id(viewer.layers[n]) for n in expected] == before
-    assert viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["operator"]["kind"] == "blur"
+    assert result(viewer, "cells reconstruction").metadata["napari_flow_prior"]["operator"]["kind"] == "blur"
     np.testing.assert_array_equal(layer.data, original)
 
     # the optimisation space is offered for map only and reaches the solver
@@ -144,7 +154,7 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     widget.space.value = "latent"
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    assert viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["params"]["space"] == "latent"
+    assert result(viewer, "cells reconstruction").metadata["napari_flow_prior"]["params"]["space"] == "latent"
     widget.method.value = "latent"
     assert widget.space.native.isHidden()
 
@@ -152,7 +162,7 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     widget.ensemble.value = 2
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    params = viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]["params"]
+    params = result(viewer, "cells reconstruction").metadata["napari_flow_prior"]["params"]
     assert params["ensemble"] == 2 and params["frames"] == [[0, False], [2, False]]
 
     # posterior sampling adds the samples' spread as a layer; chains are offered for it only
@@ -163,8 +173,9 @@ def test_reconstruct_end_to_end_updates_in_place(make_napari_viewer, qtbot, mode
     widget.chains.value = 3
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    assert sorted(names(viewer)) == sorted(expected + ["cells posterior std"])
-    spread = viewer.layers["cells posterior std"]
+    assert sorted(names(viewer)) == sorted([n.replace("map #2", "posterior #5") for n in expected]
+                                           + ["cells posterior std [posterior #5]"])
+    spread = result(viewer, "cells posterior std")
     assert spread.data.shape == (32, 32) and (spread.data >= 0).all() and spread.data.max() > 0
     assert spread.metadata["napari_flow_prior"]["params"]["chains"] == 3
 
@@ -205,11 +216,11 @@ def test_labels_mask_is_honoured(make_napari_viewer, qtbot, models):
     widget.noise.value = "auto"
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    recon = viewer.layers["damaged reconstruction"].data
+    recon = result(viewer, "damaged reconstruction").data
     keep = painted == 0
     np.testing.assert_allclose(recon[keep], original[keep], rtol=0, atol=1e-3)
     assert not np.allclose(recon[~keep], 0)  # the painted pixels were filled in
-    assert "damaged measurements" not in names(viewer)  # measured data is its own measurement
+    assert not any("measurements" in n for n in names(viewer))  # measured data is its own measurement
     np.testing.assert_array_equal(viewer.layers["damaged"].data, original)
 
 
@@ -220,18 +231,18 @@ def test_stack_gives_stack_and_rgb_runs_channel_by_channel(make_napari_viewer, q
     widget = make_widget(viewer, "ReconstructWidget")
     quick(widget, iterations=3)
     run_and_wait(qtbot, widget)
-    assert viewer.layers["zstack reconstruction"].data.shape == (3, 32, 32)
-    assert viewer.layers["zstack log-density"].data.shape == (3, 32, 32)
-    assert np.allclose(viewer.layers["zstack reconstruction"].scale, (3.0, 1.0, 1.0))
-    assert viewer.layers["zstack reconstruction"].metadata["napari_flow_prior"]["planes"] == 3
+    assert result(viewer, "zstack reconstruction").data.shape == (3, 32, 32)
+    assert result(viewer, "zstack log-density").data.shape == (3, 32, 32)
+    assert np.allclose(result(viewer, "zstack reconstruction").scale, (3.0, 1.0, 1.0))
+    assert result(viewer, "zstack reconstruction").metadata["napari_flow_prior"]["planes"] == 3
 
     rgb = np.clip(np.stack([test_image(seed=i) for i in range(3)], -1), 0, 255).astype(np.uint8)
     viewer.add_image(rgb, name="colour", rgb=True)
     widget.image.value = viewer.layers["colour"]
     run_and_wait(qtbot, widget)
-    out = viewer.layers["colour reconstruction"]
+    out = result(viewer, "colour reconstruction")
     assert out.rgb and out.data.shape == (32, 32, 3)
-    assert viewer.layers["colour log-density"].data.shape == (32, 32)
+    assert result(viewer, "colour log-density").data.shape == (32, 32)
 
 
 def test_current_plane_only_equals_that_plane_of_the_whole_run(make_napari_viewer, qtbot, models):
@@ -249,11 +260,11 @@ def test_current_plane_only_equals_that_plane_of_the_whole_run(make_napari_viewe
         widget.mask_source.value = None if source is None else viewer.layers[source]
         widget.planes.value = "all"
         run_and_wait(qtbot, widget)
-        whole = viewer.layers["z reconstruction"].data.copy()
+        whole = result(viewer, "z reconstruction").data.copy()
         viewer.dims.set_point(0, 12.0)  # world z of plane 1
         widget.planes.value = "current"
         run_and_wait(qtbot, widget)
-        one = viewer.layers["z (plane 1) reconstruction"]
+        one = result(viewer, "z (plane 1) reconstruction")
         assert one.data.shape == (1, 32, 32) and np.allclose(one.translate, (12.0, 0.0, 0.0))
         np.testing.assert_allclose(one.data[0], whole[1], atol=1e-5)
         assert one.metadata["napari_flow_prior"]["plane_offset"] == 1
@@ -311,7 +322,7 @@ def test_model_chooser_follows_the_layer(make_napari_viewer, qtbot, models):
     assert widget.model.value_source() == "tiny"  # a plain layer names no model
     run_and_wait(qtbot, widget)
     assert "done in" in widget.metrics.value
-    density.image.value = viewer.layers["plain reconstruction"]
+    density.image.value = result(viewer, "plain reconstruction")
     assert density.model.value_source() == "tiny"
 
     widget.model.select(str(models["rgb"]))
@@ -319,7 +330,7 @@ def test_model_chooser_follows_the_layer(make_napari_viewer, qtbot, models):
     widget.image.value = viewer.layers["colour"]
     run_and_wait(qtbot, widget)
     density.model.select("tiny")
-    density.image.value = viewer.layers["colour reconstruction"]
+    density.image.value = result(viewer, "colour reconstruction")
     assert density.model.value_source() == str(models["rgb"])  # a file outside the chooser's list
 
     widget.image.value = viewer.layers["plain"]  # grayscale layer, RGB model: an error
@@ -334,7 +345,7 @@ def test_density_widget(make_napari_viewer, qtbot, models):
     widget.model.select("tiny")
     widget.device.value = "cpu"
     run_and_wait(qtbot, widget)
-    out = viewer.layers["pair log-density"]
+    out = result(viewer, "pair log-density")
     assert out.data.shape == (2, 32, 32) and np.isfinite(out.data).all()
     assert np.allclose(out.translate, (0, 5, 5))
     assert out.metadata["napari_flow_prior"]["unit"] == "nats/pixel"
@@ -442,7 +453,7 @@ def test_shapes_mask_and_rgb_model(make_napari_viewer, qtbot, models):
     widget.method.value = "mle"
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
-    recon = viewer.layers["scratched reconstruction"].data
+    recon = result(viewer, "scratched reconstruction").data
     np.testing.assert_allclose(recon[20:, 20:], original[20:, 20:], atol=1e-3)
     np.testing.assert_array_equal(viewer.layers["scratched"].data, original)
 
@@ -466,7 +477,7 @@ def test_solver_fallback_is_shown(make_napari_viewer, qtbot, models):
     run_and_wait(qtbot, widget)
     assert widget.runner.last_message == "", widget.runner.last_message
     assert "note: the warm start does not invert" in widget.metrics.value
-    info = viewer.layers["checker reconstruction"].metadata["napari_flow_prior"]
+    info = result(viewer, "checker reconstruction").metadata["napari_flow_prior"]
     assert "z = 0" in info["params"]["fallback"]
 
 
@@ -486,8 +497,8 @@ def test_photon_limited_simulation(make_napari_viewer, qtbot, models):
     widget.photons.value = "30"
     widget.baseline.value = True
     run_and_wait(qtbot, widget)
-    assert "cells reconstruction" in names(viewer) and "cells baseline" in names(viewer)
-    info = viewer.layers["cells reconstruction"].metadata["napari_flow_prior"]
+    assert "cells reconstruction [map #1]" in names(viewer) and "cells baseline [map #1]" in names(viewer)
+    info = result(viewer, "cells reconstruction").metadata["napari_flow_prior"]
     assert info["params"]["photons"] == 30.0 and "PSNR" in widget.metrics.value
     widget.operator.value = "cs"
     assert widget.photons.native.isHidden()
@@ -513,9 +524,9 @@ def test_measured_photon_counts(make_napari_viewer, qtbot, models):
     widget.gain.value, widget.offset.value = "2", "100"
     widget.noise.value = "0"
     run_and_wait(qtbot, widget)
-    info = viewer.layers["camera reconstruction"].metadata["napari_flow_prior"]
+    info = result(viewer, "camera reconstruction").metadata["napari_flow_prior"]
     assert info["params"]["photons"] == pytest.approx(np.percentile(counts, 99.8))
-    recon = viewer.layers["camera reconstruction"].data
+    recon = result(viewer, "camera reconstruction").data
     assert np.isfinite(recon).all() and abs(recon.mean() - data.mean()) < 0.2 * data.mean()
     np.testing.assert_array_equal(viewer.layers["camera"].data, original)
     with pytest.raises(ValueError, match="camera gain"):

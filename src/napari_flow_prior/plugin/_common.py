@@ -1,5 +1,5 @@
 """Shared pieces of the widgets: the model chooser, a background job runner with progress and
-cancel, and putting result layers into the viewer (updating earlier ones in place)."""
+cancel, and the run/cancel buttons (how results land in the viewer: ``_layers.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from psygnal import Signal
 
 from ..flows import available_models
 
-from ._core import Step, model_card
+from ._core import Step
+from ._models import model_card
 
 if TYPE_CHECKING:
     import napari
@@ -229,49 +230,16 @@ def layer_geometry(layer) -> dict:
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
 
 
-def put_layers(viewer: "napari.Viewer", layers, source=None) -> list:
-    """Add layer-data tuples next to ``source``; a layer of the same name is updated in place
-    (data, placement, metadata, colormap), so re-running never piles up copies."""
-    from napari.layers import Image
-
-    out = []
-    for data, kwargs, kind in layers:
-        kwargs = dict(kwargs)
-        name = kwargs["name"]
-        existing = viewer.layers[name] if name in viewer.layers else None
-        if (isinstance(existing, Image) and kind == "image" and existing.rgb == bool(kwargs.get("rgb", False))
-                and existing.data.ndim == data.ndim):
-            existing.data = data
-            for key in ("scale", "translate"):
-                if key in kwargs:
-                    setattr(existing, key, kwargs[key])
-            existing.metadata = kwargs.get("metadata", {})
-            if "colormap" in kwargs:
-                existing.colormap = kwargs["colormap"]
-            if "contrast_limits" in kwargs:
-                existing.contrast_limits = kwargs["contrast_limits"]
-            else:
-                existing.reset_contrast_limits()
-            layer = existing
-        else:
-            if existing is not None:
-                viewer.layers.remove(existing)
-            add = getattr(viewer, f"add_{kind}")
-            layer = add(data, **kwargs)
-            if source is not None and source in viewer.layers:
-                new_index = viewer.layers.index(layer)
-                target = viewer.layers.index(source) + 1 + len(out)
-                if target < new_index:
-                    viewer.layers.move(new_index, target)
-        if kwargs.get("metadata", {}).get("napari_flow_prior", {}).get("unit"):
-            layer.colorbar.visible = True
-        out.append(layer)
-    return out
-
-
 def buttons(run_text: str = "Run") -> tuple[PushButton, PushButton, Label]:
     run = PushButton(text=run_text)
     cancel = PushButton(text="Cancel")
     status = Label(value="")
     status.native.setWordWrap(True)
     return run, cancel, status
+
+
+def row(*widgets) -> Container:
+    """Widgets side by side on one line (buttons), to keep a dock short."""
+    box = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    box.margins = (0, 0, 0, 0)
+    return box

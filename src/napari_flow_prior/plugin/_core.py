@@ -10,31 +10,26 @@ same way::
     for data, kwargs, _ in layers:
         viewer.add_image(data, **kwargs)
 
-Layer layout: a 2-D layer is one plane; every axis before the last two of a grayscale layer is a
-stack axis (z, time, channels split by napari) and runs plane by plane; an RGB(A) layer
-(``rgb=True``, shape ``(..., H, W, 3|4)``) runs with a 3-channel model at once or with a
-1-channel model channel by channel (alpha is dropped).
+Layer layout (stacks, RGB): ``_layout.py``; provenance, run names and placing results in a viewer:
+``_layers.py``; the model chooser's helpers: ``_models.py``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from ..__about__ import __version__
-from ..solvers import METHODS, SPACES, check_ensemble, check_posterior, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
 from ..likelihood import check_photons
+from ..solvers import METHODS, SPACES, check_ensemble, check_posterior, run_to_end  # noqa: F401  (run_to_end: re-exported for scripts)
+from ._layers import DENSITY_COLORMAP, DENSITY_UNIT, LayerData, clean_kwargs, density_limits, provenance
+from ._layout import MIN_SIDE, _Layout, as_missing, layout_for, nonfinite_missing, plane_text  # noqa: F401
+from ._models import model_card, resolve_model
 
 OPERATORS = ("mask", "blur", "cs")
 MODES = ("simulate", "measured")
-DENSITY_UNIT = "nats/pixel"
-DENSITY_COLORMAP = "inferno"
-
-LayerData = tuple[Any, dict, str]
 
 
 @dataclass
@@ -92,149 +87,14 @@ class OperatorSpec:
         return ops.GaussianProjection(shape, ratio=self.ratio, seed=seed, block=self.block)
 
 
-# ---------------------------------------------------------------------------------- helpers
-def resolve_model(model):
-    """A loaded model from a model object, a shipped/user model name, or a file path; a
-    ``ValueError`` naming the problem otherwise."""
-    from ..flows import FlowModel, load_model
-
-    if isinstance(model, FlowModel):
-        return model
-    if model is None or str(model).strip() == "":
-        raise ValueError("choose a model (a shipped or saved model, or a .safetensors file)")
-    try:
-        return load_model(model)
-    except FileNotFoundError as err:
-        raise ValueError(str(err)) from None
-    except ValueError as err:
-        raise ValueError(f"cannot use this model: {err}") from None
-
-
-def model_card(path_or_name) -> str:
-    """One-line summary of a model file (domain, training size, bits/dim) from its metadata only."""
-    from ..flows.files import read_metadata, resolve_model_path
-
-    try:
-        path = resolve_model_path(path_or_name)
-        meta = read_metadata(path)
-    except (FileNotFoundError, ValueError) as err:
-        return f"not a usable model: {err}"
-    arch = meta["architecture"]
-    training = meta.get("training") or {}
-    metrics = meta.get("metrics") or {}
-    parts = [meta.get("domain") or "domain not stated"]
-    parts.append(f"{arch.get('kind')} {arch.get('channels', 1)}-channel")
-    if training.get("n_images") is not None:
-        parts.append(f"trained on {training['n_images']} image(s)")
-    for key, label in (("test_bpd", "test"), ("val_bpd", "val")):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{label} {value:.3f} bits/dim")
-    return " · ".join(parts)
-
-
-@dataclass
-class _Layout:
-    """How a layer's array maps to model inputs: ``lead`` stack axes, ``c_in`` image channels
-    (1 grayscale, 3 RGB), and whether a 1-channel model runs channel by channel."""
-
-    lead: tuple[int, ...]
-    hw: tuple[int, int]
-    c_in: int
-    rgb: bool
-    split: bool
-
-    @property
-    def n_planes(self) -> int:
-        return int(np.prod(self.lead, dtype=np.int64)) if self.lead else 1
-
-    def jobs(self) -> list[tuple[int, int | None]]:
-        """(plane, channel) pairs; channel None means all channels at once."""
-        if self.split:
-            return [(n, c) for n in range(self.n_planes) for c in range(self.c_in)]
-        return [(n, None) for n in range(self.n_planes)]
-
-    def canonical(self, data) -> np.ndarray:
-        """(N, C_in, H, W) float32 view of the layer data (a copy: the layer is never touched)."""
-        array = np.asarray(data)
-        if self.rgb:
-            array = np.moveaxis(array[..., :3], -1, -3)
-        return np.array(array, dtype=np.float32).reshape(self.n_planes, self.c_in, *self.hw)
-
-    def restore_shape(self, stack: np.ndarray) -> np.ndarray:
-        """(N, C_in, H, W) -> the layer's layout (RGB channels last)."""
-        out = stack.reshape(*self.lead, self.c_in, *self.hw)
-        if self.rgb:
-            return np.moveaxis(out, -3, -1)
-        return out.reshape(*self.lead, *self.hw)
-
-
-def layout_for(shape, rgb: bool, model_channels: int, name: str = "the layer") -> _Layout:
-    """Check that a layer of ``shape`` fits a model of ``model_channels`` channels."""
-    shape = tuple(int(s) for s in shape)
-    if rgb:
-        if len(shape) < 3 or shape[-1] not in (3, 4):
-            raise ValueError(f"{name}: an RGB layer needs a last axis of 3 or 4, got shape {shape}")
-        hw, lead, c_in = shape[-3:-1], shape[:-3], 3
-        if model_channels == 3:
-            split = False
-        elif model_channels == 1:
-            split = True
-        else:
-            raise ValueError(f"{name} is RGB but the model has {model_channels} channels; "
-                             "use a 1-channel or an RGB (3-channel) model")
-    else:
-        if len(shape) < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions, got shape {shape}")
-        if model_channels != 1:
-            raise ValueError(f"channel mismatch: the model has {model_channels} channels but {name} is "
-                             "a single-channel (grayscale) layer; choose a 1-channel model, or open "
-                             "the data as an RGB layer")
-        hw, lead, c_in, split = shape[-2:], shape[:-2], 1, False
-    if min(hw) < 8:
-        raise ValueError(f"{name}: images need at least 8x8 pixels, got {hw[0]}x{hw[1]}")
-    return _Layout(lead, (hw[0], hw[1]), c_in, rgb, split)
-
-
 def _model_channels(model) -> int:
     return int(model.channels)
 
 
-def _provenance(model, extra: dict) -> dict:
-    return {"napari_flow_prior": {
-        "version": __version__,
-        "model": model.metadata.get("name"),
-        "model_sha256": model.metadata.get("sha256"),
-        "model_path": model.metadata.get("path"),
-        **extra,
-    }}
+def _sized(model) -> bool:
+    """Whether the minimum image size applies (flows; not a linear Gaussian prior), as in the library."""
+    return model.architecture.get("kind") != "linear"
 
-
-def _plane_text(layout: _Layout, n: int, c: int | None) -> str:
-    text = f"plane {n + 1}/{layout.n_planes}" if layout.n_planes > 1 else ""
-    if c is not None:
-        text = (text + " " if text else "") + f"channel {'RGB'[c]}"
-    return text
-
-
-def _clean_kwargs(layer_kwargs: dict | None) -> dict:
-    keep = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
-    return {k: v for k, v in (layer_kwargs or {}).items() if k in keep and v is not None}
-
-
-def _as_missing(missing, layout: _Layout) -> np.ndarray | None:
-    """(N, H, W) or (H, W) bool, True = missing."""
-    if missing is None:
-        return None
-    missing = np.asarray(missing)
-    if missing.dtype != bool:
-        missing = missing != 0
-    if missing.shape == layout.hw:
-        return missing
-    if missing.shape == tuple(layout.lead) + layout.hw:
-        return missing.reshape(layout.n_planes, *layout.hw)
-    raise ValueError(f"the mask layer has shape {missing.shape}, but the image needs {layout.hw} "
-                     f"(one mask for every plane){' or ' + str(tuple(layout.lead) + layout.hw) if layout.lead else ''}")
 
 
 # ---------------------------------------------------------------------------------- reconstruct
@@ -282,7 +142,8 @@ def run_reconstruction(
     ``mode="simulate"``: ``data`` is a clean image; it is measured with ``operator`` (noise
     ``noise_sigma``, seed ``seed + plane``), reconstructed, and PSNR/SSIM against it are reported.
     ``mode="measured"``: ``data`` already is the measurement (mask or blur; ``noise_sigma`` may be
-    ``"auto"``); NaN pixels count as missing for a mask. ``photons`` (simulate mode, mask or blur):
+    ``"auto"``); NaN/infinite pixels count as missing for a mask, and with no ``operator.missing``
+    they are the mask (``missing_from`` in the provenance says how many). ``photons`` (simulate mode, mask or blur):
     photon-limited data, Poisson noise of that expected count at intensity 1 plus ``noise_sigma`` as
     read noise, reconstructed with the Poisson likelihood; None or "" for Gaussian noise. ``gain``
     and ``offset`` (measured mode, mask or blur): the layer holds photon counts, (data - offset) / gain
@@ -320,9 +181,6 @@ def run_reconstruction(
     if mode == "measured" and operator.kind == "cs":
         raise ValueError("compressed sensing works in simulate mode only: a layer cannot hold "
                          "projection measurements")
-    if mode == "measured" and operator.kind == "mask" and operator.missing is None:
-        raise ValueError("for measured data, draw the missing pixels in a Labels or Shapes layer "
-                         "and choose it as the mask (a random mask is for simulate mode)")
     if isinstance(noise_sigma, str):
         noise_sigma = noise_sigma.strip().lower()
         if noise_sigma != "auto":
@@ -350,8 +208,17 @@ def run_reconstruction(
     check_posterior(chains)
     model = resolve_model(model)
     shape = np.shape(data)
-    layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}")
-    missing = _as_missing(operator.missing, layout)
+    layout = layout_for(shape, rgb, _model_channels(model), f"layer {name!r}", _sized(model))
+    missing = as_missing(operator.missing, layout)
+    holes = None
+    if mode == "measured" and operator.kind == "mask" and missing is None:
+        missing = nonfinite_missing(data, layout)  # (N, H, W): the layer's NaN/inf pixels are the mask
+        holes = int(missing.sum())
+        if not holes:
+            raise ValueError("measured data needs its missing pixels: draw them in a Labels or Shapes layer "
+                             "and choose it as the mask, or leave them NaN in the layer (a random mask is "
+                             "for simulate mode)")
+        missing = missing if layout.lead else missing[0]
     if missing is not None and missing.all():
         raise ValueError("the mask marks every pixel as missing: nothing to reconstruct from")
     photons = _optional_number(photons, "photons", "a number > 0 or empty (Gaussian noise)")
@@ -375,12 +242,12 @@ def run_reconstruction(
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
                                  photons=photons, counts=None if gain is None else (gain, offset), method=method, iterations=iterations, weight=weight, space=space,
                                  ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
-                                 image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset))
+                                 image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset), holes=holes)
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
                           photons, counts, method, iterations, weight, space, ensemble, chains, device, seed, baseline,
-                          name, layer_kwargs, image_kwargs, cancel, plane_offset):
+                          name, layer_kwargs, image_kwargs, cancel, plane_offset, holes=None):
     from .. import pipeline
 
     stack = layout.canonical(data)
@@ -410,7 +277,7 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
             raise ValueError(f"layer {name!r} has NaN or infinite pixels; simulate mode needs a clean image")
         if mode == "measured" and op.kind != "mask" and not np.isfinite(plane).all():
             raise ValueError(f"layer {name!r} has NaN or infinite pixels; only a mask can treat them as missing")
-        label = _plane_text(layout, n, c)
+        label = plane_text(layout, n, c)
         job = pipeline.run(plane, op, model, simulate=mode == "simulate", noise_sigma=noise_sigma, photons=photons,
                            gain=gain, offset=offset, noise_seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
                            baseline=baseline, method=method, iterations=iterations, weight=weight, space=space,
@@ -466,33 +333,40 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
     }
     if baseline_name:
         info["baseline"] = baseline_name
-    spatial = _clean_kwargs(layer_kwargs)
+    if holes is not None:
+        info["missing_from"] = f"{holes} NaN/infinite pixel(s) of the layer taken as the missing pixels"
+    spatial = clean_kwargs(layer_kwargs)
     shown = {**spatial, **{k: v for k, v in (image_kwargs or {}).items() if v is not None}}
     rgb_kw = {"rgb": True} if layout.rgb else {}
     layers: list[LayerData] = []
+    hidden = {"visible": False}  # only the reconstruction is shown; the rest is a click (or 'side by side') away
     if meas is not None:
         what = {"mask": "masked image (missing pixels at the low intensity)", "blur": "blurred image",
                 "cs": "pseudo-inverse A^+ y of the projections"}[spec.kind]
         layers.append((layout.restore_shape(meas), {
-            "name": f"{name} measurements", **shown, **rgb_kw,
-            "metadata": _provenance(model, {**info, "content": what})}, "image"))
+            "name": f"{name} measurements", **shown, **rgb_kw, **hidden,
+            "metadata": provenance(model, {**info, "output": "measurements", "content": what})}, "image"))
     layers.append((layout.restore_shape(recon), {
         "name": f"{name} reconstruction", **shown, **rgb_kw,
-        "metadata": _provenance(model, {**info, "content": "reconstruction, input units"})}, "image"))
-    layers.append((density.reshape(*layout.lead, *layout.hw), {
-        "name": f"{name} log-density", **spatial, "colormap": DENSITY_COLORMAP,
-        "metadata": _provenance(model, {**info, "content": "log-density of the reconstruction",
-                                        "unit": DENSITY_UNIT})}, "image"))
+        "metadata": provenance(model, {**info, "output": "reconstruction",
+                                       "content": "reconstruction, input units"})}, "image"))
+    density_map = density.reshape(*layout.lead, *layout.hw)
+    layers.append((density_map, {
+        "name": f"{name} log-density", **spatial, "colormap": DENSITY_COLORMAP, **hidden,
+        "contrast_limits": density_limits(density_map),
+        "metadata": provenance(model, {**info, "output": "log-density", "content": "log-density of the reconstruction",
+                                       "unit": DENSITY_UNIT})}, "image"))
     if spread is not None:
         layers.append((layout.restore_shape(spread), {
-            "name": f"{name} posterior std", **spatial, **(rgb_kw or {"colormap": "magma"}),
-            "metadata": _provenance(model, {**info, "content": "per-pixel standard deviation of the posterior "
-                                            "samples, input units"})}, "image"))
+            "name": f"{name} posterior std", **spatial, **(rgb_kw or {"colormap": "magma"}), **hidden,
+            "metadata": provenance(model, {**info, "output": "posterior std",
+                                           "content": "per-pixel standard deviation of the posterior "
+                                           "samples, input units"})}, "image"))
     if base is not None:
         layers.append((layout.restore_shape(base), {
-            "name": f"{name} baseline", **shown, **rgb_kw,
-            "metadata": _provenance(model, {**info, "content": f"classical baseline {baseline_name}"})},
-            "image"))
+            "name": f"{name} baseline", **shown, **rgb_kw, **hidden,
+            "metadata": provenance(model, {**info, "output": "baseline",
+                                           "content": f"classical baseline {baseline_name}"})}, "image"))
     return layers
 
 
@@ -505,7 +379,7 @@ def run_density(data, model, *, device: str = "auto", name: str = "image", rgb: 
     ``<name> log-density`` (summed over channels; NaN pixels are filled with the plane's median
     before scoring)."""
     model = resolve_model(model)
-    layout = layout_for(np.shape(data), rgb, _model_channels(model), f"layer {name!r}")
+    layout = layout_for(np.shape(data), rgb, _model_channels(model), f"layer {name!r}", _sized(model))
     from .. import available_devices
 
     if device not in available_devices():
@@ -528,14 +402,14 @@ def _density_steps(data, model, layout, device, name, layer_kwargs):
             plane = np.where(finite, plane, np.median(plane[finite]))
         x01, _ = nfp.normalize(plane, model=model)
         density[n] += nfp.log_density(x01, model, device=device)
-        yield Step(j + 1, len(jobs), _plane_text(layout, n, c) or "log-density", plane=n,
+        yield Step(j + 1, len(jobs), plane_text(layout, n, c) or "log-density", plane=n,
                    n_planes=layout.n_planes)
-    meta = _provenance(model, {"source_layer": name, "content": "per-pixel log-density",
+    meta = provenance(model, {"source_layer": name, "output": "log-density", "content": "per-pixel log-density",
                                "unit": DENSITY_UNIT, "device": device,
                                "mean": float(density.mean())})
     return [(density.reshape(*layout.lead, *layout.hw),
-             {"name": f"{name} log-density", **_clean_kwargs(layer_kwargs), "colormap": DENSITY_COLORMAP,
-              "metadata": meta}, "image")]
+             {"name": f"{name} log-density", **clean_kwargs(layer_kwargs), "colormap": DENSITY_COLORMAP,
+              "contrast_limits": density_limits(density), "metadata": meta}, "image")]
 
 
 # ---------------------------------------------------------------------------------- training
@@ -623,5 +497,5 @@ def save_user_model(model, name: str, domain: str = "", folder: str | Path | Non
     return save_model(model, path, domain=domain or name)
 
 
-__all__ = ["OperatorSpec", "Step", "model_card", "resolve_model", "run_density", "run_reconstruction",
+__all__ = ["MIN_SIDE", "OperatorSpec", "Step", "model_card", "resolve_model", "run_density", "run_reconstruction",
            "run_to_end", "run_training", "save_user_model", "layout_for"]

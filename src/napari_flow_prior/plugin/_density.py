@@ -4,32 +4,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, create_widget
 
-from ._common import JobRunner, ModelChooser, buttons, layer_geometry, put_layers
+from ._common import JobRunner, ModelChooser, buttons, layer_geometry, row
 from ._core import run_density
+from ._layers import next_run_number, put_run, tag_run
 
 if TYPE_CHECKING:
     import napari
 
 
 class DensityWidget(Container):
-    """Map where the prior finds an image unlikely: ``<name> log-density`` in nats/pixel."""
+    """Map where the prior finds an image unlikely: ``<name> log-density [density #n]`` in nats/pixel."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         import napari
 
         import napari_flow_prior as nfp
 
-        self.viewer = viewer = napari_viewer
+        self.viewer = napari_viewer
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelChooser()
         self.image.changed.connect(self.model.follow_layer)  # a sample or result layer names its prior
         self.model.follow_layer(self.image.value)
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.run_button, self.cancel_button, self.status = buttons("Compute log-density")
-        super().__init__(widgets=[self.image, self.model, self.device, self.run_button, self.cancel_button,
-                                  self.status])
+        self.replace = CheckBox(text="replace my previous run (else: a new layer)", value=False)
+        super().__init__(widgets=[self.image, self.model, self.device, self.replace,
+                                  row(self.run_button, self.cancel_button), self.status])
+        self.last_run: list = []
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
         self.run_button.changed.connect(self.run)
 
@@ -54,6 +57,9 @@ class DensityWidget(Container):
         return self.runner.start(gen, f"Log-density of {image.name}", lambda layers: self._finish(layers, image))
 
     def _finish(self, layers, image):
-        put_layers(self.viewer, layers, source=image)
+        tag = f"density #{next_run_number(self.viewer)}"
+        replace = self.last_run if self.replace.value else ()
+        self.last_run = put_run(self.viewer, tag_run(layers, tag), source=image, replace=replace)
         mean = layers[0][1]["metadata"]["napari_flow_prior"]["mean"]
-        self.status.value = f"done · mean {mean:.3f} nats/pixel (higher = more typical for the prior)"
+        self.status.value = (f"run {tag}: {self.last_run[0].name} · mean {mean:.3f} nats/pixel "
+                             "(higher = more typical for the prior)")

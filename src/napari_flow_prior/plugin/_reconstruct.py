@@ -12,13 +12,13 @@ from magicgui.widgets import (
     FloatSpinBox,
     Label,
     LineEdit,
-    RadioButtons,
     SpinBox,
     create_widget,
 )
 
-from ._common import JobRunner, ModelChooser, buttons, current_plane, layer_geometry, put_layers
+from ._common import JobRunner, ModelChooser, buttons, current_plane, layer_geometry, row
 from ._core import METHODS, OperatorSpec, run_reconstruction
+from ._layers import is_result, next_run_number, put_run, side_by_side, tag_run
 
 if TYPE_CHECKING:
     import napari
@@ -40,7 +40,7 @@ class ReconstructWidget(Container):
         self.model = ModelChooser()
         self.image.changed.connect(self.model.follow_layer)  # a sample or result layer names its prior
         self.model.follow_layer(self.image.value)
-        self.mode = RadioButtons(label="mode", choices=[("simulate from a clean image", "simulate"),
+        self.mode = ComboBox(label="mode", choices=[("simulate from a clean image", "simulate"),
                                                          ("measured data", "measured")], value="simulate",
                                  tooltip="simulate: the layer is ground truth, measured here first; "
                                          "measured: the layer already is the measurement")
@@ -49,7 +49,8 @@ class ReconstructWidget(Container):
                                                     "preview; it equals that plane of an all-planes run)")
         self.operator = ComboBox(label="operator", choices=OPERATOR_CHOICES, value="mask")
         self.mask_source = ComboBox(label="missing pixels", choices=self._mask_choices,
-                                    tooltip="random pixels, or a Labels/Shapes layer: painted = missing")
+                                    tooltip="a Labels/Shapes layer: painted = missing; or none: random pixels "
+                                            "(simulate), the layer's NaN/inf pixels (measured data)")
         self.missing_fraction = FloatSpinBox(label="missing fraction", value=0.8, min=0.0, max=0.99, step=0.05)
         self.psf_source = ComboBox(label="PSF", choices=self._psf_choices,
                                    tooltip="a Gaussian of the given sigma, or a PSF image layer")
@@ -93,19 +94,34 @@ class ReconstructWidget(Container):
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
         self.run_button, self.cancel_button, self.status = buttons("Run")
+        self.replace = CheckBox(text="replace my previous run (else: new layers)", value=False,
+                                tooltip="off: every run adds its own layers, named with the method and run number, "
+                                        "to compare; on: this run's layers take the place of this widget's last run")
+        self.side_by_side = CheckBox(text="side by side", value=False,
+                                     tooltip="napari's grid mode: the input and each output of the last run in a cell "
+                                             "of its own (other layers hidden); untick to overlay them again")
         self.metrics = Label(value="")
         self.metrics.native.setWordWrap(True)
+        self.advanced = Container(widgets=[
+            self.method, self.iterations, self.weight, self.space, self.ensemble, self.chains, self.device, self.seed])
+        self.advanced.margins = (0, 0, 0, 0)
+        self.show_advanced = CheckBox(text="advanced: method, iterations, weight, space, ensemble, device, seed",
+                                      value=False)
+        self.advanced.visible = False
+        self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
         super().__init__(widgets=[
             self.image, self.model, self.mode, self.planes, self.operator, self.mask_source, self.missing_fraction,
-            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.photons, self.gain, self.offset, self.method,
-            self.iterations,
-            self.weight, self.space, self.ensemble, self.chains, self.device, self.seed, self.baseline, self.run_button, self.cancel_button,
-            self.status, self.metrics,
+            self.psf_source, self.sigma, self.ratio, self.block, self.noise, self.photons, self.gain, self.offset,
+            self.show_advanced, self.advanced, self.baseline, self.replace,
+            row(self.run_button, self.cancel_button, self.side_by_side), self.status, self.metrics,
         ])
+        self.last_run: list = []  # the layers of this widget's last run
+        self.last_source = None
         self.runner = JobRunner(self.status, self.run_button, self.cancel_button)
         for w in (self.image, self.operator, self.mode, self.mask_source, self.psf_source, self.method):
             w.changed.connect(self._sync_visibility)
         self.run_button.changed.connect(self.run)
+        self.side_by_side.changed.connect(self._side_by_side)
         viewer.layers.selection.events.active.connect(self._follow_active)
         self._follow_active()
         self._sync_visibility()
@@ -127,9 +143,7 @@ class ReconstructWidget(Container):
         from napari.layers import Image
 
         active = self.viewer.layers.selection.active
-        if isinstance(active, Image) and not active.name.endswith((" reconstruction", " log-density",
-                                                                   " measurements", " baseline",
-                                                                   " posterior std")):
+        if isinstance(active, Image) and not is_result(active):
             try:
                 self.image.reset_choices()
                 if active in self.image.choices:
@@ -151,7 +165,8 @@ class ReconstructWidget(Container):
         image = self.image.value
         self.planes.visible = image is not None and image.ndim > 2
         self.mask_source.visible = kind == "mask"
-        self.missing_fraction.visible = kind == "mask" and self.mask_source.value is None
+        self.missing_fraction.visible = (kind == "mask" and self.mask_source.value is None
+                                         and self.mode.value == "simulate")
         self.psf_source.visible = kind == "blur"
         self.sigma.visible = kind == "blur" and self.psf_source.value is None
         self.ratio.visible = self.block.visible = kind == "cs"
@@ -240,16 +255,49 @@ class ReconstructWidget(Container):
         return self.runner.start(gen, f"Reconstructing {image.name}", lambda layers: self._finish(layers, image))
 
     def _finish(self, layers, image):
-        put_layers(self.viewer, layers, source=image)
-        info = layers[-1][1]["metadata"]["napari_flow_prior"]
-        m = info.get("metrics") or {}
-        text = f"done in {info['seconds']:.1f} s on {info['device']}"
-        if "psnr" in m:
-            text += f" · flow PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
-        if "baseline_psnr" in m:
-            text += f" · {info.get('baseline')} PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.3f}"
-        fallback = (info.get("params") or {}).get("fallback")
-        if fallback:
-            text += f" · note: {fallback}"
-        self.metrics.value = text
-        self.status.value = "done"
+        method = layers[0][1]["metadata"]["napari_flow_prior"]["method"]
+        tag = f"{method} #{next_run_number(self.viewer)}"
+        replace = self.last_run if self.replace.value else ()
+        replaced = sum(layer in self.viewer.layers for layer in replace)
+        if self.side_by_side.value:  # the grid shows the run it was asked for; a new run overlays again
+            self.side_by_side.value = False
+        self.last_run = put_run(self.viewer, tag_run(layers, tag), source=image, replace=replace)
+        self.last_source = image
+        self.metrics.value = run_summary(self.last_run[0].metadata["napari_flow_prior"])
+        self.status.value = (f"run {tag}: {len(self.last_run)} layer(s) "
+                             + (f"in place of the previous run's {replaced}" if replaced else "added")
+                             + "; showing its reconstruction (earlier runs hidden)")
+
+    def _side_by_side(self, on):
+        if not self.last_run:
+            if on:
+                self.status.value = "nothing to show yet: run a reconstruction first"
+                self.side_by_side.value = False
+            return
+        side_by_side(self.viewer, self.last_run, self.last_source, enabled=bool(on))
+
+
+def run_summary(info: dict) -> str:
+    """The figures of a run, for the widget: time, device, PSNR/SSIM, notes, the solver's selection."""
+    m = info.get("metrics") or {}
+    text = f"{info.get('run', 'run')} done in {info['seconds']:.1f} s on {info['device']}"
+    if "psnr" in m:
+        text += f" · flow PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
+    if "baseline_psnr" in m:
+        text += f" · {info.get('baseline')} PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.3f}"
+    if info.get("missing_from"):
+        text += f" · note: {info['missing_from']}"
+    params = info.get("params") or {}
+    if params.get("fallback"):
+        text += f" · note: {params['fallback']}"
+    selection = params.get("selection")
+    if isinstance(selection, dict) and selection:
+        text += "\nselection: " + ", ".join(f"{key} {_short(value)}" for key, value in selection.items())
+    return text
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -11,6 +11,16 @@ from .. import operators as ops
 
 SCALE_BOUNDS = (-2.0, 3.0)  # 1st and 99th percentile of an image the solvers accept
 MAX_ENSEMBLE = 8  # the number of symmetry frames (frames.FRAMES)
+MIN_SIDE = 8  # the smallest image side the flow priors (and the plugin) accept
+
+
+def check_min_size(hw, what: str = "") -> None:
+    """ValueError unless an image of spatial shape ``hw`` (H, W) has at least ``MIN_SIDE`` pixels
+    on each side; ``what`` (e.g. "layer 'cells'") prefixes the message."""
+    h, w = (int(s) for s in tuple(hw)[-2:])
+    if min(h, w) < MIN_SIDE:
+        raise ValueError(f"{what + ': ' if what else ''}images need at least {MIN_SIDE}x{MIN_SIDE} pixels, "
+                         f"got {h}x{w}")
 
 
 def is_integer(value) -> bool:
@@ -63,6 +73,8 @@ def check_inputs(y, op, model):
     if tuple(y.shape) != tuple(op.out_shape):
         raise ValueError(f"measurements have shape {y.shape} but the operator produces {tuple(op.out_shape)}")
     channels = op.shape[0] if len(op.shape) == 3 else 1
+    if model.architecture.get("kind") != "linear":  # a Gaussian prior has no squeeze to fit
+        check_min_size(op.shape[-2:])
     if channels != model.channels:
         hint = "use channel_axis= to run a 1-channel model on each channel"
         if len(op.shape) == 3 and op.shape[-1] in (3, 4) and op.shape[0] > 4:
