@@ -3,13 +3,15 @@
     python scripts/screenshots.py                    # shipped nuclei model
     python scripts/screenshots.py --model PATH.safetensors --iterations 80
 
-Opens the nuclei sample (File > Open Sample > Flow Prior), docks the Reconstruct widget, runs an
-inpainting reconstruction (80% of the pixels missing, noise 0.01) with the matching classical
-baseline, and writes
+Opens the nuclei sample (File > Open Sample > Flow Prior) in a 1500 x 900 window, docks the
+Reconstruct and Log-density widgets, runs an inpainting reconstruction (80% of the pixels missing,
+noise 0.01) with the matching classical baseline, and writes
 
-- ``docs/images/widget.png``: the viewer window with the Reconstruct widget and its result;
-- ``docs/images/reconstruction.png``: the canvas in grid mode, left to right: input,
-  measurements, baseline, reconstruction, log-density (nats/pixel, with its colorbar).
+- ``docs/images/widget.png``: the window with both widgets and the run's result (only the
+  reconstruction shown, the other outputs listed as hidden layers);
+- ``docs/images/reconstruction.png``: the run *side by side* (the widget's grid action), left to
+  right: input, measurements, reconstruction, log-density (nats/pixel, its titled colorbar),
+  baseline.
 
 Model: ``--model``, else the shipped ``sample_models/nuclei.safetensors``, else (say so in the
 README) a small Glow trained here for ``--train-steps`` steps on the *left half* of the sample
@@ -103,7 +105,7 @@ def main(argv=None):
         print(f"using the {note}")
 
         viewer = napari.Viewer(title="napari-flow-prior")
-        viewer.window._qt_window.resize(1500, 1000)
+        viewer.window._qt_window.resize(1500, 900)
         try:
             viewer.open_sample(PLUGIN, "nuclei")
         except Exception:  # the plugin is not installed: load the same sample directly
@@ -113,11 +115,14 @@ def main(argv=None):
         image.contrast_limits = (float(image.data.min()), float(np.percentile(image.data, 99.9)))
         try:
             _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct")
+            _, density = viewer.window.add_plugin_dock_widget(PLUGIN, "Log-density")
         except Exception:
-            from napari_flow_prior.plugin import ReconstructWidget
+            from napari_flow_prior.plugin import DensityWidget, ReconstructWidget
 
             widget = ReconstructWidget(viewer)
             viewer.window.add_dock_widget(widget, name="Reconstruct (Flow Prior)")
+            density = DensityWidget(viewer)
+            viewer.window.add_dock_widget(density, name="Log-density (Flow Prior)")
         app = QApplication.instance()
         widget.image.value = image
         widget.model.select(model)
@@ -131,32 +136,27 @@ def main(argv=None):
             sys.exit(f"could not start: {widget.runner.last_message}")
         wait_for(app, widget, args.timeout)
         print(f"reconstruction took {time.time() - started:.1f} s: {widget.metrics.value}")
-        if "reconstruction" not in " ".join(layer.name for layer in viewer.layers):
+        if not widget.last_run:
             sys.exit(f"no result: {widget.runner.last_message}")
+        height = viewer.window._qt_window.height()
+        print(f"window height {height} px (asked for 900); Reconstruct dock minimum height "
+              f"{widget.native.minimumSizeHint().height()} px")
 
         for _ in range(20):
             app.processEvents()
             time.sleep(0.05)
-        viewer.layers.selection.active = viewer.layers["nuclei reconstruction"]
-        for name in ("nuclei measurements", "nuclei baseline", "nuclei log-density"):
-            viewer.layers[name].visible = False
+        viewer.layers.selection.active = widget.last_run[1]  # the reconstruction
         viewer.reset_view()
         for _ in range(10):
             app.processEvents()
         viewer.screenshot(str(args.out / "widget.png"), canvas_only=False)
 
-        order = ["nuclei", "nuclei measurements", "nuclei baseline", "nuclei reconstruction", "nuclei log-density"]
-        for index, name in enumerate(order):
-            layer = viewer.layers[name]
-            viewer.layers.move(viewer.layers.index(layer), index)
-            layer.visible = True
-            layer.name_overlay.visible = True
-        viewer.layers["nuclei log-density"].colorbar.position = "bottom_right"
+        widget.side_by_side.value = True  # the widget's own action: napari's grid mode
         grid = getattr(viewer, "canvas", viewer).grid  # napari >= 0.9: viewer.canvas.grid
-        grid.enabled = True
-        grid.shape = (1, len(order))
-        grid.stride = 1  # the bottom layer (the input) in the first cell
+        grid.shape = (1, 1 + len(widget.last_run))  # one row for the README
         grid.spacing = 0.04
+        for layer in [image, *widget.last_run]:
+            layer.name_overlay.visible = True
         viewer.window.remove_dock_widget("all")
         qt_viewer = viewer.window._qt_viewer
         qt_viewer.dockLayerList.hide()

@@ -531,3 +531,188 @@ def test_measured_photon_counts(make_napari_viewer, qtbot, models):
     np.testing.assert_array_equal(viewer.layers["camera"].data, original)
     with pytest.raises(ValueError, match="camera gain"):
         run_reconstruction(data, "tiny", OperatorSpec("blur"), mode="simulate", gain=2.0)
+
+
+# --------------------------------------------------------------------------------- results to compare
+def plugin_widget(viewer, title):
+    """A widget docked as napari docks a plugin's (its viewer then is napari's public-only proxy)."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
+    return widget
+
+
+def visible_results(viewer):
+    return [layer.name for layer in viewer.layers if layer.visible and "napari_flow_prior" in layer.metadata]
+
+
+def test_runs_keep_their_layers_to_compare(make_napari_viewer, qtbot, models):
+    """Every run adds its own layers (method and run number in the name); the Log-density widget
+    does not touch the Reconstruct run's map; only the newest reconstruction is shown."""
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image(), name="cells")
+    recon = plugin_widget(viewer, "Reconstruct")
+    density = plugin_widget(viewer, "Log-density")
+    quick(recon, iterations=3)
+    recon.baseline.value = True
+    run_and_wait(qtbot, recon)
+    first = {n: viewer.layers[n] for n in names(viewer)[1:]}
+    assert list(first) == ["cells measurements [map #1]", "cells reconstruction [map #1]",
+                           "cells log-density [map #1]", "cells baseline [map #1]"]
+    kept = {n: (layer.data.copy(), tuple(layer.contrast_limits)) for n, layer in first.items()}
+    assert visible_results(viewer) == ["cells reconstruction [map #1]"]  # the baseline no longer hides it
+    assert first["cells reconstruction [map #1]"].metadata["napari_flow_prior"]["run"] == "map #1"
+    # the status line says what landed; "done" only once, beside the figures
+    assert "run map #1: 4 layer(s) added" in recon.status.value and "done" not in recon.status.value
+    assert recon.metrics.value.startswith("map #1 done in")
+
+    density.model.select("tiny")
+    density.device.value = "cpu"
+    density.image.value = viewer.layers["cells"]
+    run_and_wait(qtbot, density)
+    assert "cells log-density [density #2]" in names(viewer)
+    recon.method.value = "latent"
+    run_and_wait(qtbot, recon)
+    assert "cells reconstruction [latent #3]" in names(viewer)
+    for n, (data, limits) in kept.items():  # nothing of run 1 was replaced or rescaled
+        assert viewer.layers[n] is first[n]
+        np.testing.assert_array_equal(viewer.layers[n].data, data)
+        assert tuple(viewer.layers[n].contrast_limits) == limits
+    assert visible_results(viewer) == ["cells reconstruction [latent #3]"]
+    assert viewer.layers["cells"].visible
+
+    # 'side by side': the input and the last run in a grid; unticked, back to one reconstruction
+    recon.side_by_side.value = True
+    grid = getattr(viewer, "canvas", viewer).grid
+    assert grid.enabled
+    shown = [layer.name for layer in viewer.layers if layer.visible]
+    assert shown == ["cells"] + [f"cells {what} [latent #3]" for what in
+                                 ("measurements", "baseline", "reconstruction", "log-density")]  # grid cells
+    recon.side_by_side.value = False
+    assert not grid.enabled and visible_results(viewer) == ["cells reconstruction [latent #3]"]
+
+
+def test_one_titled_colorbar_at_a_time(make_napari_viewer, qtbot, models):
+    from napari_flow_prior.plugin._layers import _text_overlay, density_limits
+
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image(), name="cells")
+    recon = plugin_widget(viewer, "Reconstruct")
+    density = plugin_widget(viewer, "Log-density")
+    quick(recon, iterations=3)
+    density.model.select("tiny")
+    density.device.value = "cpu"
+    run_and_wait(qtbot, recon)
+    run_and_wait(qtbot, density)
+    run_and_wait(qtbot, density)
+    maps = [layer for layer in viewer.layers if "log-density" in layer.name]
+    assert [m.name for m in maps] == ["cells log-density [density #3]", "cells log-density [density #2]",
+                                      "cells log-density [map #1]"]  # each next to the input, newest first
+    def bars():
+        return [m.name for m in maps if m.colorbar.visible]
+    title = _text_overlay(viewer)
+    assert bars() == ["cells log-density [density #3]"]  # the newest run's; earlier runs are hidden
+    assert not maps[1].visible and not maps[2].visible
+    assert title.visible and "cells log-density [density #3]" in title.text and "nats/pixel" in title.text
+    maps[2].visible = True  # higher in the layer list: its colorbar takes over
+    assert bars() == ["cells log-density [map #1]"] and "[map #1]" in title.text
+    maps[2].visible = maps[0].visible = False
+    assert bars() == [] and not title.visible
+    maps[2].visible = True
+    # round limits, so the colorbar's ticks sit on its ends (not a lone "0")
+    lo, hi = maps[2].contrast_limits
+    assert (lo, hi) == density_limits(maps[2].data)
+    assert density_limits(np.linspace(-3.7, 0.4, 1000)) == (-4.0, 2.0)
+    assert density_limits(np.linspace(2.03, 2.91, 1000)) == (2.0, 3.0)
+    assert density_limits(np.full(5, 1.0)) == (0.5, 1.5)
+
+
+def test_replace_is_a_choice_in_both_widgets(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image(), name="cells")
+    density = make_widget(viewer, "DensityWidget")
+    density.model.select("tiny")
+    density.device.value = "cpu"
+    run_and_wait(qtbot, density)
+    run_and_wait(qtbot, density)
+    assert names(viewer) == ["cells", "cells log-density [density #2]", "cells log-density [density #1]"]
+    first = viewer.layers["cells log-density [density #2]"]
+    density.replace.value = True
+    run_and_wait(qtbot, density)
+    assert names(viewer) == ["cells", "cells log-density [density #3]", "cells log-density [density #1]"]
+    assert viewer.layers["cells log-density [density #3]"] is first  # updated in place
+
+
+def test_reconstruct_dock_fits_a_900px_screen(make_napari_viewer, qtbot, models):
+    """Advanced settings fold away; with Reconstruct and Log-density docked the window needs < 900 px."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(test_image(), name="cells")
+    widget = make_widget(viewer, "ReconstructWidget")
+    make_widget(viewer, "DensityWidget")
+    qtbot.wait(50)
+    folded = widget.native.minimumSizeHint().height()
+    assert folded < 520, folded  # was 697 with every setting shown
+    assert viewer.window._qt_window.minimumSizeHint().height() < 900
+    assert widget.advanced.native.isHidden()
+    widget.show_advanced.value = True
+    assert not widget.advanced.native.isHidden() and widget.native.minimumSizeHint().height() > folded
+    widget.method.value = "posterior"
+    assert not widget.chains.native.isHidden()
+
+
+def test_measured_nan_pixels_are_the_mask(make_napari_viewer, qtbot, models):
+    """Measured data, no mask layer: the NaN/inf pixels are the missing ones, with a note of how many."""
+    viewer = make_napari_viewer()
+    data = test_image()
+    data[8:14, 10:20] = np.nan
+    data[30, 0] = np.inf
+    original = data.copy()
+    viewer.add_image(data, name="holes")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget, iterations=5)
+    widget.mode.value = "measured"
+    widget.method.value = "mle"
+    widget.noise.value = "auto"
+    assert widget.mask_source.value is None and widget.missing_fraction.native.isHidden()
+    run_and_wait(qtbot, widget)
+    assert widget.runner.last_message == "", widget.runner.last_message
+    out = result(viewer, "holes reconstruction")
+    assert np.isfinite(out.data).all()
+    keep = np.isfinite(original)
+    np.testing.assert_allclose(out.data[keep], original[keep], rtol=0, atol=1e-3)
+    assert "note: 61 NaN/infinite pixel(s) of the layer taken as the missing pixels" in widget.metrics.value
+    assert out.metadata["napari_flow_prior"]["missing_from"].startswith("61 ")
+    np.testing.assert_array_equal(viewer.layers["holes"].data, original)  # NaN == NaN here
+    # no NaN and no mask layer: measured data needs its missing pixels named
+    with pytest.raises(ValueError, match="leave them NaN in the layer"):
+        run_reconstruction(test_image(), "tiny", OperatorSpec("mask"), mode="measured", noise_sigma="auto")
+
+
+def test_one_minimum_image_size(make_napari_viewer, qtbot, models):
+    """The library, the plugin functions and the widget refuse a too-small image with one message."""
+    import napari_flow_prior.solvers.checks as checks
+
+    assert checks.MIN_SIDE == 8
+    with pytest.raises(ValueError, match="images need at least 8x8 pixels, got 1x1"):
+        nfp.reconstruct(np.full((1, 1), 0.5, np.float32), nfp.operators.Mask.random((1, 1), 0.5), "tiny")
+    with pytest.raises(ValueError, match="layer 'x': images need at least 8x8 pixels, got 7x32"):
+        run_reconstruction(test_image((7, 32)), "tiny", OperatorSpec("blur"), name="x")
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image((4, 4)), name="tiny image")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget)
+    assert widget.run() is None
+    assert widget.runner.last_message == "layer 'tiny image': images need at least 8x8 pixels, got 4x4"
+
+
+def test_run_summary_shows_the_selection_when_there_is_one():
+    from napari_flow_prior.plugin._reconstruct import run_summary
+
+    info = {"run": "map #4", "seconds": 1.234, "device": "cpu", "metrics": {}, "params": {}}
+    assert run_summary(info) == "map #4 done in 1.2 s on cpu"
+    info["params"] = {"selection": {"weight": 0.123456, "held_out": 0.1, "grid": [{"weight": 0.3}],
+                                    "why": "x" * 100}}
+    text = run_summary(info)
+    assert "grid" not in text  # a table is no one-line figure
+    assert text.count("\n") == 1 and text.splitlines()[1].startswith("selection: weight 0.1235, held_out 0.1, why xxx")
+    assert text.endswith("...")
+    info["params"] = {"selection": "not a dict"}
+    assert "selection" not in run_summary(info)

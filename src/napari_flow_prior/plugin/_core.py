@@ -96,7 +96,6 @@ def _sized(model) -> bool:
     return model.architecture.get("kind") != "linear"
 
 
-
 # ---------------------------------------------------------------------------------- reconstruct
 def _optional_number(value, what: str, expected: str) -> float | None:
     """A widget's text (or a number) as a float; None for an empty field."""

@@ -83,10 +83,16 @@ def is_result(layer) -> bool:
 
 
 # ------------------------------------------------------------------------------- viewer
+def unwrap(obj):
+    """The object behind napari's plugin proxy (a docked plugin widget gets a PublicOnlyProxy of the
+    viewer, whose layers are new proxy objects at every access): compare and remember real layers."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def next_run_number(viewer) -> int:
     """1 + the highest run number among the viewer's result layers (1 for the first run)."""
     numbers = [0]
-    for layer in viewer.layers:
+    for layer in unwrap(viewer).layers:
         run = str(info(layer).get("run") or "")
         if "#" in run and run.rpartition("#")[2].isdigit():
             numbers.append(int(run.rpartition("#")[2]))
@@ -100,7 +106,8 @@ def put_run(viewer, layers: list[LayerData], source=None, replace=()) -> list:
     synced. Returns the run's layers."""
     from napari.layers import Image
 
-    replace = [layer for layer in replace if layer in viewer.layers]
+    viewer, source = unwrap(viewer), unwrap(source)
+    replace = [unwrap(layer) for layer in replace if layer in viewer.layers]
     by_output = {info(layer).get("output"): layer for layer in replace}
     source_name = (layers[0][1].get("metadata") or {}).get(KEY, {}).get("source_layer") if layers else None
     earlier = [layer for layer in viewer.layers if is_result(layer) and layer not in replace
@@ -147,6 +154,7 @@ _TITLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer list
 def watch_colorbars(viewer, layers=()) -> None:
     """Keep one log-density colorbar visible (the top visible log-density layer's) as layers are
     added, removed, moved, shown or hidden; its title (layer name and unit) is the canvas text."""
+    viewer = unwrap(viewer)
     sync = lambda *_: sync_colorbars(viewer)  # noqa: E731
     if viewer.layers not in _WATCHED:
         _WATCHED.add(viewer.layers)
@@ -161,6 +169,7 @@ def watch_colorbars(viewer, layers=()) -> None:
 def sync_colorbars(viewer):
     """Show the colorbar of the top visible log-density layer only, titled '<layer>: log-density,
     nats/pixel' in the canvas text overlay (left alone if someone else wrote that text)."""
+    viewer = unwrap(viewer)
     density = [layer for layer in viewer.layers if info(layer).get("unit") == DENSITY_UNIT]
     shown = next((layer for layer in reversed(density) if layer.visible), None)
     for layer in density:
@@ -171,7 +180,10 @@ def sync_colorbars(viewer):
         return shown  # the canvas text is the user's
     if shown is not None:
         title = f"colorbar: {shown.name}\nlog-density, {DENSITY_UNIT}"
-        overlay.text, overlay.position, overlay.font_size = title, "top_right", 10
+        grid = getattr(getattr(viewer, "canvas", viewer), "grid", None)
+        # beside the colorbar; in grid mode the colorbar sits in its own cell: the title goes below
+        position = "bottom_right" if grid is not None and grid.enabled else "top_right"
+        overlay.text, overlay.position, overlay.font_size = title, position, 10
         overlay.visible = True
         _TITLES[viewer.layers] = title
     elif ours is not None:
@@ -186,13 +198,23 @@ def _text_overlay(viewer):
     return overlays["text"] if overlays is not None and "text" in overlays else viewer.text_overlay
 
 
+GRID_ORDER = ("measurements", "baseline", "reconstruction", "log-density", "posterior std")
+
+
 def side_by_side(viewer, run: list, source=None, enabled: bool = True) -> None:
-    """``enabled``: napari's grid mode with the input and every layer of ``run``, one per cell, the
+    """``enabled``: napari's grid mode with the input and every layer of ``run``, one per cell (the
+    run's layers put in ``GRID_ORDER``, so the reconstruction ends above the baseline), the
     other layers hidden. Otherwise: back to one canvas, showing the input and the run's
     reconstruction (or its only output)."""
-    run = [layer for layer in run if layer in viewer.layers]
+    viewer, source = unwrap(viewer), unwrap(source)
+    run = [unwrap(layer) for layer in run if layer in viewer.layers]
     grid = getattr(viewer, "canvas", viewer).grid  # napari >= 0.9: viewer.canvas.grid
     if enabled:
+        ordered = sorted(run, key=lambda layer: GRID_ORDER.index(info(layer).get("output"))
+                         if info(layer).get("output") in GRID_ORDER else len(GRID_ORDER))
+        base = min((viewer.layers.index(layer) for layer in run), default=0)
+        for k, layer in enumerate(ordered):  # cells left to right: input, measurements, baseline, ...
+            viewer.layers.move(viewer.layers.index(layer), base + k)
         keep = set(map(id, run)) | ({id(source)} if source is not None else set())
         for layer in viewer.layers:
             layer.visible = id(layer) in keep

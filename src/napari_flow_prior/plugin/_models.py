@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+
 def resolve_model(model):
     """A loaded model from a model object, a shipped/user model name, or a file path; a
     ``ValueError`` naming the problem otherwise."""

@@ -291,9 +291,17 @@ def run_summary(info: dict) -> str:
     if params.get("fallback"):
         text += f" · note: {params['fallback']}"
     selection = params.get("selection")
-    if isinstance(selection, dict) and selection:
-        text += "\nselection: " + ", ".join(f"{key} {_short(value)}" for key, value in selection.items())
+    if isinstance(selection, dict):
+        shown = [f"{key} {_short(value)}" for key, value in selection.items() if _flat(value)]
+        if shown:  # one line: the scalar choices (tables such as a search grid stay in the metadata)
+            text += "\nselection: " + ", ".join(shown)
     return text
+
+
+def _flat(value) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, (list, tuple)) and len(value) <= 8
+                                         and all(isinstance(v, scalar) for v in value))
 
 
 def _short(value) -> str:

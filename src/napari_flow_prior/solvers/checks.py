@@ -73,8 +73,6 @@ def check_inputs(y, op, model):
     if tuple(y.shape) != tuple(op.out_shape):
         raise ValueError(f"measurements have shape {y.shape} but the operator produces {tuple(op.out_shape)}")
     channels = op.shape[0] if len(op.shape) == 3 else 1
-    if model.architecture.get("kind") != "linear":  # a Gaussian prior has no squeeze to fit
-        check_min_size(op.shape[-2:])
     if channels != model.channels:
         hint = "use channel_axis= to run a 1-channel model on each channel"
         if len(op.shape) == 3 and op.shape[-1] in (3, 4) and op.shape[0] > 4:
@@ -82,6 +80,8 @@ def check_inputs(y, op, model):
                     f"for one ({op.shape[0]}, {op.shape[1]}) plane to run the model on each channel")
         raise ValueError(f"the image of shape {tuple(op.shape)} has {channels} channel(s) on its first axis but "
                          f"the model is for {model.channels}; {hint}")
+    if model.architecture.get("kind") != "linear":  # a Gaussian prior has no squeeze to fit
+        check_min_size(op.shape[-2:])
     bad = ~np.isfinite(y)
     if bad.any():
         if op.kind != "mask":
