@@ -26,11 +26,14 @@ SPACES = ("image", "latent")
 # -0.36 and log-densities down to -1e21, 14.3 dB against 25.5 in the box (box_diagnosis.py).
 # ``ensemble``: how many solves to average, each with the prior seen in another symmetry frame
 # (``solvers.frames.FRAMES``); 1 is a single solve.
+# ``adapt``: a copy of the flow adapts its normalisations and last couplings to the image as it is
+# solved (solvers/adapt.py); the held-out selection may switch it on per image.
 # ``lr_decay``: Adam's step decays (cosine) to 5% of ``lr`` over the iteration budget; False keeps
 # it constant, which a model file may choose (the medical prior's inpainting: +0.32 dB on validation
 # with 8 frames at 100 iterations; the larger late steps keep the iterate off the flatter, blurrier
 # optima that a converging step settles into).
-_MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01, lr_decay=True, space="image", box=True, ensemble=1)
+_MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01, lr_decay=True, space="image", box=True, ensemble=1,
+            adapt=False)
 _MLE = dict(iterations=300, optimizer="adam", lr=0.01, lr_decay=True, ensemble=1)
 _LATENT = dict(iterations=300, weight=0.0, optimizer="adam", lr=0.01, lr_decay=True, ensemble=1)
 # posterior: Langevin steps per chain, chains, the prior's temperature T, and lr = the step factor

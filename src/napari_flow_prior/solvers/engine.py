@@ -24,8 +24,10 @@ from ..flows import FlowModel, as_model
 from ..flows.settings import SPACES, solver_defaults
 from ..likelihood import check_photons, effective_sigma, estimate_noise_sigma
 from . import latent, map, mle, parts, posterior
+from . import select as selection
 from .checks import check_inputs, check_posterior, check_solve_values
 from .frames import Frame, symmetry_frames
+from .density import log_density
 from .guard import domain_guard
 from .optimize import minimize
 from .problem import Setup, start_image
@@ -38,7 +40,7 @@ MEMORY_SAVING_PIXELS = 256 * 256
 BUILDERS = {"map": map.build, "latent": latent.build, "mle": mle.build, "posterior": posterior.build}
 # the settings a caller may give, each applying to the methods whose defaults hold it
 SETTING_NAMES = ("iterations", "weight", "optimizer", "lr", "lr_decay", "space", "box", "ensemble", "chains",
-                 "temperature")
+                 "temperature", "adapt")
 
 
 def reconstruct_steps(
@@ -70,8 +72,12 @@ def reconstruct_steps(
     cuda_graph: bool | str = "auto",
     domain_check: bool = True,
     photons: float | None = None,
+    select: bool | str = "auto",
+    adapt: bool | None = None,
     _pixels: float | None = None,
     _frame: Frame | None = None,
+    _keep: np.ndarray | None = None,
+    _watch: tuple[int, Callable] | None = None,
 ) -> Iterator[Progress]:
     """Reconstruct one image from measurements ``y = op(x) + noise``; yields ``Progress`` after each
     optimiser step and returns a ``Result``. Closing the generator, or a ``cancel`` callable
@@ -110,6 +116,16 @@ def reconstruct_steps(
     ``cuda_graph`` (True, False or "auto": on for Adam on a CUDA device) replays each objective and
     gradient evaluation as one CUDA graph.
 
+    ``adapt`` (map): True solves with a copy of the flow whose normalisations and last couplings
+    adapt to the image (``adapt.py``; ``Result.adapted_model`` holds it, the loaded model is left
+    as it was); None: the model's setting, or the selection's choice.
+
+    ``select`` ("auto" or "off"): "auto" chooses, per image, the prior weight and the iteration
+    budget that the caller left to the defaults, by measurement splitting (``select``: a held-out
+    share of the measurements scores a grid of weights reaching down to almost no prior), then
+    refits on all measurements; the choice and its scores are ``Result.params["selection"]``
+    (method map, masks and blurs; elsewhere the defaults stand, and the report says why).
+
     ``domain_check``: ``Result.params["domain"]`` compares the reconstruction's log-density with the
     model's validation images (``domain.domain_report``); far below them, the result is a classical
     reconstruction instead (``baselines.fallback``), with a warning and ``Result.params["fallback"]``
@@ -119,7 +135,7 @@ def reconstruct_steps(
     model = as_model(model)
     y, op = check_inputs(y, op, model)
     given = dict(iterations=iterations, weight=weight, optimizer=optimizer, lr=lr, lr_decay=lr_decay, space=space,
-                 box=box, ensemble=ensemble, chains=chains, temperature=temperature)
+                 box=box, ensemble=ensemble, chains=chains, temperature=temperature, adapt=adapt)
     settings = resolve_settings(method, op.kind, model, given, tol)
     photons = check_photons(photons)
     if photons is not None and op.kind not in ("mask", "blur"):
@@ -127,9 +143,26 @@ def reconstruct_steps(
                          f"{op.kind!r} measurements are not photon counts: give noise_sigma only")
     noise_sigma = resolve_noise(noise_sigma, y, op, photons)
     sigma_eff = effective_sigma(y, noise_sigma, photons, op)  # where one sigma stands for the noise
+    report = None
+    if _frame is None and _keep is None and selection.check_select(select):  # once per image, not per part
+        why_not = selection.applies(method, op.kind, given)
+        report = {"skipped": why_not} if why_not else None
+        if why_not is None:
+            options = dict(method=method, init=init, tol=tol, device=device, cancel=cancel, cuda_graph=cuda_graph,
+                           memory_saving=memory_saving, **{k: v for k, v in given.items()
+                                                           if k not in ("weight", "iterations", "ensemble")})
+            chosen, report = yield from selection.choose(reconstruct_steps, y, op, model, settings, given, noise_sigma,
+                                                         photons, seed, sigma_eff, **options)
+            if chosen.get("iterations") == 0:  # the classical start beat every prior-weighted step
+                result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0)
+                result.params["selection"] = report
+                return result
+            given.update(chosen)
+            settings.update(chosen)
     # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
     passed = dict(method=method, noise_sigma=noise_sigma, photons=photons, init=init, tol=tol, device=device,
-                  seed=seed, cancel=cancel, cuda_graph=cuda_graph, **{k: v for k, v in given.items() if k != "ensemble"})
+                  seed=seed, cancel=cancel, cuda_graph=cuda_graph, select="off",
+                  **{k: v for k, v in given.items() if k != "ensemble"})
     frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
     if len(frames) > 1:  # each member decides its own memory saving and tiles
         member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
@@ -145,7 +178,8 @@ def reconstruct_steps(
             try:
                 result = yield from solve_whole(y, op, model, method, settings, plan, frames[0], init=init,
                                                 noise_sigma=noise_sigma, photons=photons, sigma_eff=sigma_eff,
-                                                tol=tol, seed=seed, cancel=cancel, n_pixels=_pixels, t0=t0)
+                                                tol=tol, seed=seed, cancel=cancel, n_pixels=_pixels, t0=t0,
+                                                keep=_keep, watch=_watch)
             except RuntimeError as error:  # torch.OutOfMemoryError is one
                 if not (out_of_memory(error) and tile is None and tiling.tileable(model, op)):
                     raise
@@ -154,7 +188,10 @@ def reconstruct_steps(
                 small = fallback_tile(model, op, plan.device)
                 result = yield from parts.tiled(reconstruct_steps, y, op, model, small, overlap, t0,
                                                 **{**part_kwargs, "memory_saving": True})
-    return domain_guard(result, y, op, model, sigma_eff, domain_check and _frame is None)
+    result = domain_guard(result, y, op, model, sigma_eff, domain_check and _frame is None)
+    if report is not None:
+        result.params["selection"] = report
+    return result
 
 
 def resolve_settings(method: str, kind: str, model: FlowModel, given: dict, tol: float) -> dict:
@@ -166,7 +203,7 @@ def resolve_settings(method: str, kind: str, model: FlowModel, given: dict, tol:
     for key, value in given.items():
         if value is None:
             continue
-        if key in ("weight", "optimizer", "lr_decay", "chains", "temperature") and key not in settings:
+        if key in ("weight", "optimizer", "lr_decay", "chains", "temperature", "adapt") and key not in settings:
             raise ValueError(f"{key}= does not apply to method {method!r}")
         settings[key] = value
     check_solve_values(settings["iterations"], settings.get("weight"), settings["lr"], tol)
@@ -234,9 +271,11 @@ def plan_solve(model, op, method, settings, device, memory_saving, tile, memory_
 
 
 def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, init, noise_sigma, photons, sigma_eff,
-                tol, seed, cancel, n_pixels, t0):
+                tol, seed, cancel, n_pixels, t0, keep=None, watch=None):
     """Solve the whole image in one ``frame``: build the method's problem, run its optimiser (or
-    sampler) with progress, and return the ``Result`` (image, log-density, provenance)."""
+    sampler) with progress, and return the ``Result`` (image, log-density, provenance). ``keep``
+    (boolean, ``op.out_shape``): only these measurements enter the data term; ``watch`` = (marks,
+    callback): ``callback(iteration, image)`` at those optimiser steps."""
     dev = plan.device
     torch.manual_seed(seed)
     model = model.to(dev).eval()
@@ -253,7 +292,8 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
                   n_pixels=float(np.prod(shape)) if n_pixels is None else float(n_pixels),
                   sigma=noise_sigma if photons is not None else max(noise_sigma, NOISE_FLOOR),
                   sigma_data=max(sigma_eff, NOISE_FLOOR), photons=photons, settings=settings,
-                  start_at_zero=isinstance(init, str) and init == "zero", seed=seed, cancel=cancel)
+                  start_at_zero=isinstance(init, str) and init == "zero", seed=seed, cancel=cancel,
+                  keep=None if keep is None else torch.as_tensor(np.asarray(keep), device=dev))
     problem = BUILDERS[method](setup)
     losses: list[float] = []
     total = int(settings["iterations"])
@@ -267,7 +307,10 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
         else:
             steps = minimize(problem.params, problem.objective, iterations=total, optimizer=settings["optimizer"],
                              lr=float(settings["lr"]), tol=tol, cancel=cancel, graph=plan.cuda_graph,
-                             project=problem.project, lr_decay=bool(settings["lr_decay"]))
+                             project=problem.project, lr_decay=bool(settings["lr_decay"]),
+                             lr_scales=problem.lr_scales)
+            if watch is not None:
+                steps = watched(steps, problem.image, *watch)
             yield from relay(steps, losses, total)
             with torch.no_grad():
                 x, std = problem.image(), None
@@ -283,7 +326,33 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
     return Result(image=x.reshape(shape).detach().cpu().numpy().astype(np.float32),
                   log_density=density.cpu().numpy().astype(np.float32), losses=losses, n_iter=len(losses),
                   seconds=time.time() - t0, device=str(dev), method=method, params=params, noise_sigma=noise_sigma,
-                  std=None if std is None else std.reshape(shape).cpu().numpy().astype(np.float32))
+                  std=None if std is None else std.reshape(shape).cpu().numpy().astype(np.float32),
+                  adapted_model=setup.adapted)
+
+
+def watched(steps, image, marks, callback):
+    """Re-yield an optimiser's steps, calling ``callback(iteration, image())`` at the iterations ``marks``."""
+    marks = set(marks)
+    for it, value in steps:
+        yield it, value
+        if it in marks:
+            with torch.no_grad():
+                callback(it, image())
+
+
+def classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0) -> Result:
+    """The solve's start as the result (selection found no prior-weighted step that helps): the
+    matching classical reconstruction, or the caller's own start image."""
+    from ..baselines import warm_start_name
+
+    dev = resolve_device(device)
+    image = start_image(init, y, op, sigma_eff, torch.device("cpu"), torch.float32).numpy()
+    params = {"method": method, "classical_start": warm_start_name(op) if isinstance(init, str) else "image",
+              "noise_sigma": noise_sigma, "operator": op.describe(), "model": model.metadata.get("name"),
+              "model_sha256": model.metadata.get("sha256"), "iterations": 0}
+    return Result(image=image.astype(np.float32), log_density=log_density(image, model, device=str(dev)), losses=[],
+                  n_iter=0, seconds=time.time() - t0, device=str(dev), method=method, params=params,
+                  noise_sigma=noise_sigma)
 
 
 def out_of_memory(error: BaseException) -> bool:

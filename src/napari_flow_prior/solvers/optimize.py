@@ -49,7 +49,7 @@ def graphed_gradient(params, objective):
 
 
 def minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, graph=False, project=None,
-              lr_decay=True):
+              lr_decay=True, lr_scales=None):
     """Generator: minimise ``objective()`` over ``params``; yields (iteration, loss).
 
     A non-finite loss or parameter steps back to the last good point with half the step size.
@@ -60,6 +60,8 @@ def minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, graph
     evaluates objective and gradient by replaying a CUDA graph (``graphed_gradient``).
     ``project()``, if given, runs after every step (without autograd) to restore a constraint.
     ``lr_decay``: Adam's step decays (cosine) to 5% of ``lr`` over ``iterations``; else it is constant.
+    ``lr_scales`` (Adam): one factor per parameter on ``lr`` (e.g. small steps for a flow's own
+    weights beside the image's).
     """
     def make():
         if optimizer == "lbfgs":
@@ -68,7 +70,9 @@ def minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, graph
             return torch.optim.LBFGS(params, lr=lr, max_iter=4, history_size=20, line_search_fn="strong_wolfe",
                                      tolerance_grad=0.0, tolerance_change=0.0)
         if optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr)
+            if lr_scales is None:
+                return torch.optim.Adam(params, lr=lr)
+            return torch.optim.Adam([{"params": [p], "lr": lr * f, "scale": f} for p, f in zip(params, lr_scales)])
         raise ValueError(f"unknown optimizer {optimizer!r}; expected 'lbfgs' or 'adam'")
 
     opt = make()
@@ -112,7 +116,7 @@ def minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, graph
     for it in range(1, iterations + 1):
         if optimizer == "adam" and lr_decay:  # cosine decay to 5% of the step over the iteration budget
             for group in opt.param_groups:
-                group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations)))
+                group["lr"] = group.get("scale", 1.0) * lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations)))
         loss = graphed_step() if replay is not None else opt.step(closure)
         if project is not None:
             with torch.no_grad():

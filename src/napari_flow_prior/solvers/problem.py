@@ -47,6 +47,8 @@ class Setup:
     start_at_zero: bool  # init="zero": a latent solve starts from z = 0
     seed: int = 0
     cancel: Callable[[], bool] | None = None
+    keep: torch.Tensor | None = None  # only these measurements enter the data term (held-out splits)
+    adapted: FlowModel | None = None  # set by a method that adapted a copy of the flow (map, adapt=True)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -60,6 +62,8 @@ class Setup:
         """-log p(y | x) less its minimum (||A x - y||^2 / (2 sigma^2) for Gaussian noise); with
         ``batch``, one value per image of the batch x."""
         ax = self.op.forward(x.reshape(-1, *self.shape) if batch else x.reshape(self.shape))
+        if self.keep is not None:  # the held-out measurements: A x equal to y there, no misfit
+            ax = torch.where(self.keep, ax, self.y)
         return negative_log_likelihood(ax, self.y, self.sigma, self.photons, batch=batch)
 
     def fall_back(self, what: str) -> None:
@@ -93,6 +97,7 @@ class Problem:
     image: Callable[[], torch.Tensor] | None = None
     project: Callable[[], None] | None = None
     sample: Callable[[int], Iterator] | None = None
+    lr_scales: list[float] | None = None  # per parameter, on the step size (adapting flow weights)
 
 
 def encode_start(model: FlowModel, x0: torch.Tensor) -> Latent | None:

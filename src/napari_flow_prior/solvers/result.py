@@ -30,6 +30,7 @@ class Result:
     params: dict = field(default_factory=dict)
     noise_sigma: float | None = None
     std: np.ndarray | None = None  # method "posterior": per-pixel standard deviation of the samples
+    adapted_model: object | None = None  # map with adapt=True: the flow adapted to this image (save_model it)
 
 
 def run_to_end(gen, callback=None):
