@@ -34,7 +34,7 @@ SPACES = ("image", "latent")
 # optima that a converging step settles into).
 _MAP = dict(iterations=300, weight=0.3, optimizer="adam", lr=0.01, lr_decay=True, space="image", box=True, ensemble=1,
             adapt=False)
-_MLE = dict(iterations=300, optimizer="adam", lr=0.01, lr_decay=True, ensemble=1)
+_MLE = dict(iterations=1000, optimizer="auto", lr=1.0, ensemble=1, gtol=1e-10)  # exact: solvers/mle.py, exact.py
 _LATENT = dict(iterations=300, weight=0.0, optimizer="adam", lr=0.01, lr_decay=True, ensemble=1)
 # posterior: Langevin steps per chain, chains, the prior's temperature T, and lr = the step factor
 # (eta = lr * sigma_t^2; see solvers.langevin)
@@ -80,8 +80,11 @@ def solver_defaults(method: str, kind: str, model=None) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if method == "mle" and kind == "blur":
-        raise ValueError("method 'mle' needs measurements that fix part of the image exactly (mask, "
-                         "compressed sensing); for deblurring use method='map'")
+        raise ValueError("method 'mle' keeps A x = y exactly, which a blur does not allow: its A is square, so an "
+                         "invertible PSF fixes the image without the prior and a Gaussian one leaves a null space "
+                         "below float64 precision; it works for masks, compressed sensing and matrices; for "
+                         "deblurring use method='map' (the prior weighed against the data with noise_sigma) or "
+                         "method='latent'")
     kind = kind if kind in ("mask", "blur", "cs") else "matrix"
     settings = dict(DEFAULTS[(method, kind)])
     if model is not None:

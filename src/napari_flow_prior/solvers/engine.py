@@ -294,6 +294,8 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
                   sigma_data=max(sigma_eff, NOISE_FLOOR), photons=photons, settings=settings,
                   start_at_zero=isinstance(init, str) and init == "zero", seed=seed, cancel=cancel,
                   keep=None if keep is None else torch.as_tensor(np.asarray(keep), device=dev))
+    if method == "mle":  # its own exact solver (closed form or projected L-BFGS) and Result: see mle.solve
+        return (yield from mle.solve(setup, plan, frame, init=init, noise_sigma=noise_sigma, tol=tol, t0=t0))
     problem = BUILDERS[method](setup)
     losses: list[float] = []
     total = int(settings["iterations"])
