@@ -708,11 +708,14 @@ def test_run_summary_shows_the_selection_when_there_is_one():
 
     info = {"run": "map #4", "seconds": 1.234, "device": "cpu", "metrics": {}, "params": {}}
     assert run_summary(info) == "map #4 done in 1.2 s on cpu"
-    info["params"] = {"selection": {"weight": 0.123456, "held_out": 0.1, "grid": [{"weight": 0.3}],
-                                    "why": "x" * 100}}
+    info["params"] = {"selection": {"weight": 0.123456, "iterations": 40, "adapt": True, "held_out_score": 0.51234,
+                                    "default_weight": 0.3, "default_iterations": 100, "held_out": 0.15,
+                                    "grid": [{"weight": 0.3, "adapt": False, "scores": [[0, 0.6]]}]}}
     text = run_summary(info)
-    assert "grid" not in text  # a table is no one-line figure
-    assert text.count("\n") == 1 and text.splitlines()[1].startswith("selection: weight 0.1235, held_out 0.1, why xxx")
-    assert text.endswith("...")
+    assert "grid" not in text and text.count("\n") == 1  # the table stays in the metadata
+    assert text.splitlines()[1] == ("selection: prior weight 0.123 (default 0.3), 40 iterations (default 100), "
+                                    "adapted flow, held-out misfit 0.5123")
+    info["params"] = {"selection": {"skipped": "weight and iterations given by the caller"}}
+    assert run_summary(info).splitlines()[1] == "selection: weight and iterations given by the caller"
     info["params"] = {"selection": "not a dict"}
     assert "selection" not in run_summary(info)

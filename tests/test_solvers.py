@@ -93,7 +93,7 @@ def test_progress_generator_and_callback(model, image):
     op = ops.Mask.random(image.shape, 0.5, seed=0)
     y = op.measure(image, 0.01, seed=0)
     seen = []
-    result = nfp.reconstruct(y, op, model, iterations=6, tol=0, callback=seen.append)
+    result = nfp.reconstruct(y, op, model, iterations=6, tol=0, callback=seen.append, select="off")
     assert [p.iteration for p in seen] == list(range(1, 7)) and all(p.total == 6 for p in seen)
     assert result.losses == [p.loss for p in seen]
 
@@ -231,10 +231,10 @@ def test_stacks_and_channels(model, image):
     stack = np.stack([image, image[::-1], image[:, ::-1]])
     y = np.stack([op.measure(p, 0.01, seed=i) for i, p in enumerate(stack)])
     seen = []
-    result = nfp.reconstruct_stack(y, op, model, iterations=5, tol=0, callback=seen.append)
+    result = nfp.reconstruct_stack(y, op, model, iterations=5, tol=0, callback=seen.append, select="off")
     assert result.image.shape == (3, 16, 16) and result.log_density.shape == (3, 16, 16)
     assert seen[-1].iteration == seen[-1].total == 15
-    by_channel = nfp.reconstruct(np.moveaxis(y, 0, -1), op, model, channel_axis=-1, iterations=5, tol=0)
+    by_channel = nfp.reconstruct(np.moveaxis(y, 0, -1), op, model, channel_axis=-1, iterations=5, tol=0, select="off")
     assert by_channel.image.shape == (16, 16, 3)
     assert np.allclose(by_channel.image[..., 1], result.image[1])
 
@@ -340,7 +340,7 @@ def test_model_files_carry_their_own_solver_settings(model, image, tmp_path):
     assert solver_defaults("map", "blur", loaded) == solver_defaults("map", "blur")  # other operators keep theirs
     op = OPERATORS["mask"](image.shape)
     y = op.measure(image, noise_sigma=0.01, seed=0)
-    result = nfp.reconstruct(y, op, loaded, iterations=3)
+    result = nfp.reconstruct(y, op, loaded, iterations=3, select="off")
     assert result.params["space"] == "latent" and result.params["weight"] == 0.7
     result = nfp.reconstruct(y, op, loaded, iterations=3, weight=0.2, space="image")  # the caller's word wins
     assert result.params["space"] == "image" and result.params["weight"] == 0.2
@@ -454,7 +454,7 @@ def test_ensemble_averages_solves_with_the_prior_in_each_frame(model, image):
     op = OPERATORS["mask"](image.shape)
     y = op.measure(image, noise_sigma=0.01, seed=0)
     start = np.full(image.shape, 0.4, np.float32)
-    kwargs = dict(noise_sigma=0.01, iterations=12, space="image")
+    kwargs = dict(noise_sigma=0.01, iterations=12, space="image", select="off")
     plain = nfp.reconstruct(y, op, model, init=start, **kwargs)
     turn = lambda a: to_frame(torch.as_tensor(np.array(a)), FRAMES[1]).numpy()  # noqa: E731
     turned = nfp.reconstruct(turn(y), ops.Mask(turn(op.observed_full)), model, init=turn(start), **kwargs)
@@ -676,7 +676,7 @@ def test_out_of_memory_in_a_whole_image_solve_falls_back_to_tiles(model, monkeyp
         return real(params, objective, **kwargs)
 
     monkeypatch.setattr(engine, "minimize", out_of_memory_once)
-    args = dict(noise_sigma=0.01, iterations=5, device="cpu", space="image", ensemble=1)
+    args = dict(noise_sigma=0.01, iterations=5, device="cpu", space="image", ensemble=1, select="off")
     whole = tiling.estimate_solve_bytes(model, op.shape, False)
     for budget in ("1G", whole):  # a roomy budget, and one the whole image's estimate just fits
         calls.clear()

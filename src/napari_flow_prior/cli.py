@@ -11,6 +11,7 @@ import numpy as np
 
 from .flows.settings import METHODS
 from .jobs import OPERATOR_HELP, model_layout, parse_operator, reconstruct_file, write_tif  # noqa: F401  (the API of the commands)
+from .solvers.select import summary
 
 
 def density_file(image_path, *, model="nuclei", out="density", device="auto") -> dict:
@@ -74,6 +75,8 @@ def _cmd_reconstruct(args) -> int:
                               block=args.block, **_solver_settings(args))
     for name, m in report.get("metrics", {}).items():
         print(f"{name:>16}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}")
+    if "selection" in report.get("params", {}):
+        print(summary(report["params"]["selection"]))
     extra = ", posterior_std.tif" if args.method == "posterior" else ""
     print(f"wrote {args.out}/ (reconstruction.tif, log_density.tif{extra}, report.json) in {report['seconds']} s")
     return 0
@@ -137,7 +140,7 @@ def _cmd_models(args) -> int:
 
 
 SOLVER_OPTIONS = ("iterations", "weight", "space", "lr", "lr_decay", "box", "ensemble", "chains", "temperature",
-                  "photons")
+                  "photons", "select", "adapt")
 
 
 def _solver_settings(args) -> dict:
@@ -174,6 +177,11 @@ def _add_solver_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="average K solves (1-8), each with the prior turned or mirrored: better, K times slower "
                         "(default per model and operator)")
+    p.add_argument("--select", choices=["auto", "off"], default="auto",
+                   help="map on a mask or blur: choose the prior weight, iterations and --adapt per image from a "
+                        "held-out share of the measurements (auto, the default), or keep the model's defaults (off)")
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
+                   help="map: adapt a copy of the flow to the image while solving (default: as --select chooses)")
     p.add_argument("--chains", type=int, help="posterior: Langevin chains run as one batch (default 8)")
     p.add_argument("--temperature", type=float,
                    help="posterior: the prior's temperature T, below 1 sharpens it (default 1, the exact posterior)")

@@ -17,6 +17,7 @@ from magicgui.widgets import (
 )
 
 from ._common import JobRunner, ModelChooser, buttons, current_plane, layer_geometry, row
+from ..solvers.select import summary
 from ._core import METHODS, OperatorSpec, run_reconstruction
 from ._layers import is_result, next_run_number, put_run, side_by_side, tag_run
 
@@ -290,22 +291,8 @@ def run_summary(info: dict) -> str:
     params = info.get("params") or {}
     if params.get("fallback"):
         text += f" · note: {params['fallback']}"
-    selection = params.get("selection")
-    if isinstance(selection, dict):
-        shown = [f"{key} {_short(value)}" for key, value in selection.items() if _flat(value)]
-        if shown:  # one line: the scalar choices (tables such as a search grid stay in the metadata)
-            text += "\nselection: " + ", ".join(shown)
+    if isinstance(params.get("selection"), dict):  # one line; the held-out scores stay in the metadata
+        text += "\n" + summary(params["selection"])
     return text
 
 
-def _flat(value) -> bool:
-    scalar = (str, int, float, bool, type(None))
-    return isinstance(value, scalar) or (isinstance(value, (list, tuple)) and len(value) <= 8
-                                         and all(isinstance(v, scalar) for v in value))
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."

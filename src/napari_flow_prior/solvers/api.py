@@ -11,8 +11,11 @@ import numpy as np
 from ..devices import resolve_device
 from ..flows import as_model
 from .density import is_dask
-from .engine import reconstruct_steps
+from . import select as selection
+from .engine import reconstruct_steps, rescaled
 from .result import Progress, Result, part, run_to_end
+
+PLANE_STEPS = 1000  # a stack whose planes take different numbers of steps: progress per plane on this scale
 
 
 def reconstruct(y, op, model, *, channel_axis: int | None = None, callback=None, **kwargs) -> Result:
@@ -49,9 +52,19 @@ def reconstruct_stack_steps(y_stack, op, model, *, axis: int = 0, **kwargs) -> I
     if not -y_stack.ndim <= axis < y_stack.ndim:
         raise ValueError(f"axis {axis} is out of range for measurements of shape {y_stack.shape}")
     planes = np.moveaxis(y_stack, axis, 0)
-    results = []
-    for index, plane in enumerate(planes):
-        results.append((yield from part(reconstruct_steps(plane, op, model, **kwargs), index, len(planes))))
+    n = len(planes)
+    if not (selection.check_select(kwargs.get("select", "auto")) and n > 1
+            and selection.applies(kwargs.get("method", "map"), op.kind, kwargs) is None):
+        results = []
+        for index, plane in enumerate(planes):
+            results.append((yield from part(reconstruct_steps(plane, op, model, **kwargs), index, n)))
+    else:  # the middle plane chooses the settings (engine's select), the other planes take its choice
+        results = [None] * n
+        order = [n // 2] + [i for i in range(n) if i != n // 2]
+        for k, index in enumerate(order):
+            chosen = {} if k == 0 else {"_chosen": choice_of(results[n // 2], kwargs)}
+            gen = reconstruct_steps(planes[index], op, model, **kwargs, **chosen)
+            results[index] = yield from rescaled(gen, k * PLANE_STEPS, PLANE_STEPS, n * PLANE_STEPS)
     first = results[0]
     return Result(
         image=np.moveaxis(np.stack([r.image for r in results]), 0, axis),
@@ -60,6 +73,13 @@ def reconstruct_stack_steps(y_stack, op, model, *, axis: int = 0, **kwargs) -> I
         seconds=sum(r.seconds for r in results), device=first.device, method=first.method,
         params={**first.params, "planes": len(results), "axis": axis}, noise_sigma=first.noise_sigma,
         std=None if first.std is None else np.moveaxis(np.stack([r.std for r in results]), 0, axis))
+
+
+def choice_of(result: Result, kwargs: dict) -> tuple[dict, dict]:
+    """The settings a plane's selection chose (those the caller left to the defaults), and its report."""
+    report = result.params.get("selection", {})
+    chosen = {k: report[k] for k in ("weight", "iterations", "adapt") if k in report and kwargs.get(k) is None}
+    return chosen, report
 
 
 def reconstruct_stack(y_stack, op, model, *, axis: int = 0, callback=None, **kwargs) -> Result:

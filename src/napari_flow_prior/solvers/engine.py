@@ -78,6 +78,7 @@ def reconstruct_steps(
     _frame: Frame | None = None,
     _keep: np.ndarray | None = None,
     _watch: tuple[int, Callable] | None = None,
+    _chosen: tuple[dict, dict] | None = None,
 ) -> Iterator[Progress]:
     """Reconstruct one image from measurements ``y = op(x) + noise``; yields ``Progress`` after each
     optimiser step and returns a ``Result``. Closing the generator, or a ``cancel`` callable
@@ -143,51 +144,61 @@ def reconstruct_steps(
                          f"{op.kind!r} measurements are not photon counts: give noise_sigma only")
     noise_sigma = resolve_noise(noise_sigma, y, op, photons)
     sigma_eff = effective_sigma(y, noise_sigma, photons, op)  # where one sigma stands for the noise
-    report = None
+    report, scale = None, None
     if _frame is None and _keep is None and selection.check_select(select):  # once per image, not per part
-        why_not = selection.applies(method, op.kind, given)
+        why_not = selection.applies(method, op.kind, given)  # _chosen: another plane's choice, for this one
         report = {"skipped": why_not} if why_not else None
         if why_not is None:
             options = dict(method=method, init=init, tol=tol, device=device, cancel=cancel, cuda_graph=cuda_graph,
                            memory_saving=memory_saving, **{k: v for k, v in given.items()
                                                            if k not in ("weight", "iterations", "ensemble")})
-            chosen, report = yield from selection.choose(reconstruct_steps, y, op, model, settings, given, noise_sigma,
-                                                         photons, seed, sigma_eff, **options)
+            # one progress scale for the job: the selection's fits, then the refit (its default length)
+            fits = 0 if _chosen else selection.planned_steps(op, model, settings, given)
+            refit = int(settings["iterations"]) * int(settings["ensemble"])
+            chosen, report = _chosen or (yield from rescaled(
+                selection.choose(reconstruct_steps, y, op, model, settings, given, noise_sigma, photons, seed,
+                                 sigma_eff, **options), 0, fits, fits + refit))
             if chosen.get("iterations") == 0:  # the classical start beat every prior-weighted step
                 result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0)
                 result.params["selection"] = report
                 return result
             given.update(chosen)
             settings.update(chosen)
-    # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
-    passed = dict(method=method, noise_sigma=noise_sigma, photons=photons, init=init, tol=tol, device=device,
-                  seed=seed, cancel=cancel, cuda_graph=cuda_graph, select="off",
-                  **{k: v for k, v in given.items() if k != "ensemble"})
-    frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
-    if len(frames) > 1:  # each member decides its own memory saving and tiles
-        member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
-                      memory_budget=memory_budget, _pixels=_pixels)
-        result = yield from parts.ensemble(reconstruct_steps, y, op, model, frames, t0, sigma_eff, **member)
-    else:
-        plan = plan_solve(model, op, method, settings, device, memory_saving, tile, memory_budget, cuda_graph)
-        part_kwargs = dict(passed, memory_saving=plan.memory_saving, _frame=frames[0])
-        if plan.tile:
-            result = yield from parts.tiled(reconstruct_steps, y, op, model, plan.tile, overlap, t0, **part_kwargs)
+            scale = (fits, refit, fits + refit)
+
+    def solve_all():  # the solve with the settings: an ensemble, tiles, or the whole image at once
+        # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
+        passed = dict(method=method, noise_sigma=noise_sigma, photons=photons, init=init, tol=tol, device=device,
+                      seed=seed, cancel=cancel, cuda_graph=cuda_graph, select="off",
+                      **{k: v for k, v in given.items() if k != "ensemble"})
+        frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
+        if len(frames) > 1:  # each member decides its own memory saving and tiles
+            member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
+                          memory_budget=memory_budget, _pixels=_pixels)
+            result = yield from parts.ensemble(reconstruct_steps, y, op, model, frames, t0, sigma_eff, **member)
         else:
-            failed = False
-            try:
-                result = yield from solve_whole(y, op, model, method, settings, plan, frames[0], init=init,
-                                                noise_sigma=noise_sigma, photons=photons, sigma_eff=sigma_eff,
-                                                tol=tol, seed=seed, cancel=cancel, n_pixels=_pixels, t0=t0,
-                                                keep=_keep, watch=_watch)
-            except RuntimeError as error:  # torch.OutOfMemoryError is one
-                if not (out_of_memory(error) and tile is None and tiling.tileable(model, op)):
-                    raise
-                failed = True  # handled below, once the failed solve's tensors are released with `error`
-            if failed:
-                small = fallback_tile(model, op, plan.device)
-                result = yield from parts.tiled(reconstruct_steps, y, op, model, small, overlap, t0,
-                                                **{**part_kwargs, "memory_saving": True})
+            plan = plan_solve(model, op, method, settings, device, memory_saving, tile, memory_budget, cuda_graph)
+            part_kwargs = dict(passed, memory_saving=plan.memory_saving, _frame=frames[0])
+            if plan.tile:
+                result = yield from parts.tiled(reconstruct_steps, y, op, model, plan.tile, overlap, t0, **part_kwargs)
+            else:
+                failed = False
+                try:
+                    result = yield from solve_whole(y, op, model, method, settings, plan, frames[0], init=init,
+                                                    noise_sigma=noise_sigma, photons=photons, sigma_eff=sigma_eff,
+                                                    tol=tol, seed=seed, cancel=cancel, n_pixels=_pixels, t0=t0,
+                                                    keep=_keep, watch=_watch)
+                except RuntimeError as error:  # torch.OutOfMemoryError is one
+                    if not (out_of_memory(error) and tile is None and tiling.tileable(model, op)):
+                        raise
+                    failed = True  # handled below, once the failed solve's tensors are released with `error`
+                if failed:
+                    small = fallback_tile(model, op, plan.device)
+                    result = yield from parts.tiled(reconstruct_steps, y, op, model, small, overlap, t0,
+                                                    **{**part_kwargs, "memory_saving": True})
+        return result
+
+    result = yield from (rescaled(solve_all(), *scale) if scale else solve_all())
     result = domain_guard(result, y, op, model, sigma_eff, domain_check and _frame is None)
     if report is not None:
         result.params["selection"] = report
@@ -330,6 +341,17 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
                   seconds=time.time() - t0, device=str(dev), method=method, params=params, noise_sigma=noise_sigma,
                   std=None if std is None else std.reshape(shape).cpu().numpy().astype(np.float32),
                   adapted_model=setup.adapted)
+
+
+def rescaled(gen, start: int, length: int, grand: int):
+    """Re-yield a solve's progress mapped onto ``[start, start + length]`` of a job of ``grand``
+    steps, and return its value."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(start + round(length * p.iteration / max(p.total, 1)), grand, p.loss)
 
 
 def watched(steps, image, marks, callback):

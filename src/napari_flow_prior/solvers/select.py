@@ -24,7 +24,7 @@ from .result import part
 MODES = ("auto", "off")
 HOLD_OUT = 0.15  # the share of the measurements held out
 WEIGHT_FACTORS = (1.0, 0.1, 0.01)  # times the model's default weight, in the order they are tried
-BUDGET = 1.5  # selection's optimiser steps x pixels, at most this many times the default solve's
+BUDGET = 2.0  # selection's optimiser steps x pixels, at most this many times the default solve's (so <= 3x in all)
 CHECKPOINTS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # held-out scores at these shares of a run's iterations
 CROP = 128  # selection solves on a central crop of at most this side (aligned to the flow's grid)
 OPERATORS = ("mask", "blur")
@@ -79,22 +79,37 @@ def crop_for(op, model) -> tiling.Tile | None:
     return tiling.Tile(r0, r0 + sh, c0, c0 + sw)
 
 
+def plan(op, model, settings: dict, given: dict) -> tuple[tiling.Tile | None, list[dict]]:
+    """The crop the fits solve on and the candidates they try, each {"weight", "adapt"}: as many
+    prior weights of the grid as the budget allows (the default solve runs ``ensemble`` members on
+    the whole image), then, budget left, an adapted flow at the best weight (weight None)."""
+    crop = crop_for(op, model)
+    share = 1.0 if crop is None else (crop.r1 - crop.r0) * (crop.c1 - crop.c0) / float(np.prod(op.shape[-2:]))
+    fits = max(1, int(BUDGET * int(settings.get("ensemble", 1)) / share + 1e-9))
+    adapt = bool(settings.get("adapt"))
+    factors = (1.0,) if given.get("weight") is not None else WEIGHT_FACTORS[:fits]
+    candidates = [{"weight": settings["weight"] * f, "adapt": adapt} for f in factors]
+    if given.get("adapt") is None and not adapt and fits > len(candidates):
+        candidates.append({"weight": None, "adapt": True})
+    return crop, candidates
+
+
+def planned_steps(op, model, settings: dict, given: dict) -> int:
+    """The optimiser steps the selection's fits take at most (for one progress scale)."""
+    return len(plan(op, model, settings, given)[1]) * int(settings["iterations"])
+
+
 def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float, photons, seed: int,
            effective: float, **kwargs):
     """Generator: run the held-out fits and return (overrides, report). ``overrides`` holds the
-    chosen ``weight`` and ``iterations`` (only those the caller left to the defaults; 0 iterations:
+    chosen ``weight``, ``iterations`` and ``adapt`` (only those the caller left to the defaults; 0 iterations:
     the classical start scored best); ``report`` the grid's held-out scores. ``solve`` is
     ``engine.reconstruct_steps``; ``effective`` the one sigma standing for the noise (warm start)."""
-    crop = crop_for(op, model)
+    crop, candidates = plan(op, model, settings, given)
     fit_op, fit_y = (op, y) if crop is None else tiling.restrict(op, y, crop)
     held = hold_out(fit_y, fit_op, seed)
     if not held.any() or held.all():
         return {}, {"skipped": "too few measurements to hold any out"}
-    weights = [settings["weight"]] if given.get("weight") is not None else \
-        [settings["weight"] * f for f in WEIGHT_FACTORS]
-    # as many weights as the budget allows: the default solve runs `ensemble` members on the whole image
-    share = float(np.prod(fit_op.shape)) / float(np.prod(op.shape))
-    weights = weights[:max(1, min(len(weights), int(BUDGET * int(settings.get("ensemble", 1)) / share + 1e-9)))]
     total = int(settings["iterations"])
     sigma = noise_sigma if photons is not None else max(noise_sigma, 1e-3)
     y_held = torch.as_tensor(np.asarray(fit_y)[held], dtype=torch.float64)
@@ -116,21 +131,31 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
         fit["init"] = start
     marks = sorted({round(total * f) for f in CHECKPOINTS} - {0})
     rows = []
-    for index, weight in enumerate(weights):
+    for index, candidate in enumerate(candidates):
+        weight = candidate["weight"] if candidate["weight"] is not None else min(
+            rows, key=lambda row: min(s for _, s in row["scores"]))["weight"]
         checkpoints: list[tuple[int, float]] = [] if start is None else [(0, score(start))]
-        gen = solve(fit_y_used, fit_op_used, model, **{**fit, "weight": weight, "iterations": total},
+        gen = solve(fit_y_used, fit_op_used, model, **{**fit, "weight": weight, "iterations": total,
+                                                       "adapt": candidate["adapt"]},
                     _keep=keep, _watch=(marks, lambda it, x: checkpoints.append((it, score(x.cpu().numpy())))))
-        result = yield from part(gen, index, len(weights))
+        result = yield from part(gen, index, len(candidates))
         if checkpoints[-1][0] != result.n_iter:
             checkpoints.append((result.n_iter, score(result.image)))
-        rows.append({"weight": float(weight), "scores": [[it, round(s, 6)] for it, s in checkpoints]})
-    best = min(((row["weight"], it, s) for row in rows for it, s in row["scores"]), key=lambda t: t[2])
+        rows.append({"weight": float(weight), "adapt": candidate["adapt"],
+                     "scores": [[it, round(s, 6)] for it, s in checkpoints]})
+    fixed = given.get("iterations") is not None  # the caller's budget: only a run's end competes
+    best_row, best_it, best_score = min(((row, it, s) for row in rows for it, s in row["scores"][-1 if fixed else 0:]),
+                                        key=lambda t: t[2])
+    best = (best_row["weight"], best_it, best_score)
     overrides = {}
     if given.get("weight") is None:
         overrides["weight"] = best[0]
     if given.get("iterations") is None:
         overrides["iterations"] = int(best[1])
-    report = {"weight": best[0], "iterations": int(best[1]), "held_out_score": best[2],
+    if given.get("adapt") is None and best_it > 0:
+        overrides["adapt"] = best_row["adapt"]
+    report = {"weight": best[0], "iterations": int(best[1]), "adapt": best_row["adapt"] and best_it > 0,
+              "held_out_score": best[2],
               "default_weight": float(settings["weight"]), "default_iterations": total,
               "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
               "grid": rows}
@@ -159,6 +184,7 @@ def summary(report: dict) -> str:
         return f"selection: {report.get('skipped', 'off')}"
     return (f"selection: prior weight {report['weight']:.3g} (default {report['default_weight']:.3g}), "
             f"{report['iterations']} iterations (default {report['default_iterations']}), "
+            f"{'adapted flow, ' if report.get('adapt') else ''}"
             f"held-out misfit {report['held_out_score']:.4g}")
 
 
