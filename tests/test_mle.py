@@ -122,3 +122,17 @@ def test_y_outside_the_range_of_a_tall_matrix_is_reported(prior):
     expected = np.linalg.lstsq(A, y, rcond=None)[0]  # a determined x: the least-squares one
     assert np.allclose(result.image.ravel(), expected, atol=1e-9)
     assert result.params["residual"] > 1e-6
+
+
+def test_an_out_of_domain_mle_keeps_its_constraint_and_warns(digits):
+    """The domain check replaces a map result far outside the prior's domain by a classical one;
+    an mle result is the constrained maximum the caller asked for: kept, with the warning."""
+    side = 16
+    yy, xx = np.mgrid[0:side, 0:side]
+    x = (0.5 + 0.4 * np.sin(xx * 2.5) * np.cos(yy * 2.1)).astype(np.float64)  # no digit
+    op = ops.GaussianProjection((side, side), ratio=0.3, seed=0, block=8)
+    y = op.forward(x)
+    with pytest.warns(RuntimeWarning, match="kept, as it solves A x = y exactly"):
+        result = nfp.reconstruct(y, op, digits, method="mle", noise_sigma=0.0, iterations=15)
+    assert "fallback" not in result.params and "domain_warning" in result.params
+    assert np.linalg.norm(op.forward(result.image.astype(np.float64)) - y) / np.linalg.norm(y) <= 1e-6

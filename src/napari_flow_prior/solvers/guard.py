@@ -20,12 +20,16 @@ OUT_OF_DOMAIN = ("the reconstruction is far less likely under the prior ({value:
                  "or the measurements leave the prior too much to guess, so the result is the classical "
                  "reconstruction ({baseline}); choose a prior trained on images like this one, measure more, "
                  "or pass domain_check=False to keep the flow's result")
+OUT_OF_DOMAIN_MLE = ("the mle reconstruction is far less likely under the prior ({value:.2f} nats/dim) than its "
+                     "validation images (1st percentile {typical:.2f}): kept, as it solves A x = y exactly, but the "
+                     "image is outside the prior's domain or the measurements leave it too much to guess; "
+                     "method='map' with noise_sigma > 0 falls back to a classical reconstruction there")
 
 
 def domain_guard(result: Result, y, op, model: FlowModel, noise_sigma: float, enabled: bool) -> Result:
     """``result`` with ``params["domain"]`` (``domain.domain_report``) or, for a reconstruction far
     outside the prior's domain, a classical reconstruction in its place (``baselines.fallback``,
-    with a warning)."""
+    with a warning); method ``mle`` keeps its exact constrained result, with the warning."""
     if not enabled:
         return result
     report = domain_report(result.log_density, model)
@@ -33,6 +37,11 @@ def domain_guard(result: Result, y, op, model: FlowModel, noise_sigma: float, en
     if report["in_domain"] is not False:
         return result
     typical = report["threshold"] + MARGIN_BITS * math.log(2)
+    if result.method == "mle":  # asked for the constrained maximum: kept (a classical one breaks A x = y)
+        what = OUT_OF_DOMAIN_MLE.format(value=report["log_density"], typical=typical)
+        warnings.warn(what, RuntimeWarning, stacklevel=3)
+        result.params["domain_warning"] = what
+        return result
     name, image = fallback(y, op, noise_sigma)
     what = OUT_OF_DOMAIN.format(value=report["log_density"], typical=typical, baseline=name)
     warnings.warn(what, RuntimeWarning, stacklevel=3)
