@@ -108,6 +108,16 @@ def sources_for(prior: str, names: list[str] | None, n: int) -> dict[str, tuple[
     return out
 
 
+def code_hash(method: str) -> str:
+    """A hash of the code a method's result depends on (the library's solvers and baselines)."""
+    import napari_flow_prior
+
+    root = Path(napari_flow_prior.__file__).parent
+    files = ["baselines.py", "operators.py"] + ([] if method == "oracle" else
+                                                sorted(str(p.relative_to(root)) for p in (root / "solvers").glob("*.py")))
+    return hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest()[:10]
+
+
 class Cache:
     def __init__(self, path: Path):
         self.path, self.entries = path, {}
@@ -140,7 +150,7 @@ def run(prior_name: str, model, model_hash: str, source: str, crop: str, image, 
     from napari_flow_prior import baselines as bl
 
     image_hash = hashlib.sha256(image.tobytes()).hexdigest()[:12]
-    key = "|".join([model_hash, source, crop, image_hash, problem, method])
+    key = "|".join([model_hash, source, crop, image_hash, problem, method, code_hash(method)])
     hit = cache.get(key)
     if hit is not None:
         return hit

@@ -121,6 +121,7 @@ def run_reconstruction(
     gain: float | str | None = None,
     offset: float | str = 0.0,
     method: str = "map",
+    select: bool = True,
     iterations: int | None = None,
     weight: float | None = None,
     space: str | None = None,
@@ -151,7 +152,8 @@ def run_reconstruction(
     the model's settings and results come back in the input's units. ``iterations``, ``weight``
     ``space`` (where ``map`` optimises: "image" or "latent") and ``ensemble`` (solves averaged
     over the prior's symmetry frames, 1 to 8) default to the model's own; ``chains`` is the number
-    of Langevin chains of method ``posterior``.
+    of Langevin chains of method ``posterior``. ``select``: map on a mask or blur chooses the weight
+    and iterations per plane from a held-out share of its measurements (``solvers.select``).
 
     Returns a generator (checks are done before it is returned) that yields :class:`Step` and
     returns layer-data tuples: ``<name> measurements`` (simulate mode: the masked or blurred image,
@@ -239,13 +241,13 @@ def run_reconstruction(
     if device not in available_devices():
         raise ValueError(f"device {device!r} is not available here; choose one of {available_devices()}")
     return _reconstruction_steps(data, model, operator, layout, missing, mode=mode, noise_sigma=noise_sigma,
-                                 photons=photons, counts=None if gain is None else (gain, offset), method=method, iterations=iterations, weight=weight, space=space,
+                                 photons=photons, counts=None if gain is None else (gain, offset), method=method, select=select, iterations=iterations, weight=weight, space=space,
                                  ensemble=ensemble, chains=chains, device=device, seed=int(seed), baseline=baseline, name=name, layer_kwargs=layer_kwargs,
                                  image_kwargs=image_kwargs, cancel=cancel, plane_offset=int(plane_offset), holes=holes)
 
 
 def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, missing, *, mode, noise_sigma,
-                          photons, counts, method, iterations, weight, space, ensemble, chains, device, seed, baseline,
+                          photons, counts, method, select, iterations, weight, space, ensemble, chains, device, seed, baseline,
                           name, layer_kwargs, image_kwargs, cancel, plane_offset, holes=None):
     from .. import pipeline
 
@@ -279,7 +281,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
         label = plane_text(layout, n, c)
         job = pipeline.run(plane, op, model, simulate=mode == "simulate", noise_sigma=noise_sigma, photons=photons,
                            gain=gain, offset=offset, noise_seed=seed + j + plane_offset * (n_jobs // layout.n_planes),
-                           baseline=baseline, method=method, iterations=iterations, weight=weight, space=space,
+                           baseline=baseline, method=method, select="auto" if select else "off",
+                           iterations=iterations, weight=weight, space=space,
                            ensemble=ensemble, chains=chains, device=device, seed=seed, cancel=cancel)
         try:
             while True:
@@ -288,8 +291,8 @@ def _reconstruction_steps(data, model, spec: OperatorSpec, layout: _Layout, miss
                 except StopIteration as stop:
                     outcome = stop.value
                     break
-                per_job = per_job or max(int(p.total), 1)
-                done = j * per_job + min(int(p.iteration), per_job)
+                per_job = per_job or max(int(p.total), 1)  # planes' totals differ with selection: share of each
+                done = j * per_job + min(round(per_job * int(p.iteration) / max(int(p.total), 1)), per_job)
                 text = f"{label + ' · ' if label else ''}iteration {p.iteration}/{p.total} · loss {p.loss:.4g}"
                 yield Step(done, per_job * n_jobs, text, plane=n, n_planes=layout.n_planes, loss=float(p.loss))
         finally:

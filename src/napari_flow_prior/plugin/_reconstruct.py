@@ -91,6 +91,10 @@ class ReconstructWidget(Container):
         self.chains = SpinBox(label="chains", value=8, min=1, max=64,
                               tooltip="posterior: Langevin chains sampled together (more: a smoother mean "
                                       "and spread, proportionally slower)")
+        self.select = CheckBox(text="choose weight and iterations per image", value=True,
+                               tooltip="map, mask or blur: solve on part of the measurements with a few prior weights "
+                                       "and score the held-out rest, then refit with the best (about 2x the time); "
+                                       "off: the model's fixed defaults")
         self.device = ComboBox(label="device", choices=nfp.available_devices(), value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.baseline = CheckBox(text="also run the matching classical baseline", value=False)
@@ -104,9 +108,11 @@ class ReconstructWidget(Container):
         self.metrics = Label(value="")
         self.metrics.native.setWordWrap(True)
         self.advanced = Container(widgets=[
-            self.method, self.iterations, self.weight, self.space, self.ensemble, self.chains, self.device, self.seed])
+            self.method, self.select, self.iterations, self.weight, self.space, self.ensemble, self.chains, self.device,
+            self.seed])
         self.advanced.margins = (0, 0, 0, 0)
-        self.show_advanced = CheckBox(text="advanced: method, iterations, weight, space, ensemble, device, seed",
+        self.show_advanced = CheckBox(text="advanced: method, selection, iterations, weight, space, ensemble, device, "
+                                           "seed",
                                       value=False)
         self.advanced.visible = False
         self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
@@ -234,7 +240,8 @@ class ReconstructWidget(Container):
             photons=self.photons.value if self._photons_apply() else None,
             gain=self.gain.value if self._counts_apply() else None,
             offset=self.offset.value if self._counts_apply() else 0.0,
-            method=self.method.value, iterations=int(self.iterations.value) or None, weight=weight,
+            method=self.method.value, select=bool(self.select.value), iterations=int(self.iterations.value) or None,
+            weight=weight,
             space=self.space.value if self.method.value == "map" else None, ensemble=self.ensemble.value,
             chains=int(self.chains.value) if self.method.value == "posterior" else None, device=self.device.value,
             seed=int(self.seed.value), plane_offset=offset, baseline=bool(self.baseline.value),

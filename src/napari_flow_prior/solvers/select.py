@@ -6,7 +6,9 @@ part of the measurements (observed pixels of a mask; blocks of a blurred image, 
 PSF, so that neighbours do not give the held-out pixels away), solve on the rest for each prior
 weight of a grid reaching down to almost no prior (the classical start), score the held-out
 measurements' misfit under the noise model at checkpoints of each run, and keep the (weight,
-iterations) with the lowest score. The caller then refits on all measurements with the choice.
+iterations) with the lowest score where it beats the defaults' own score by ``SIGNIFICANCE``
+standard errors (otherwise the defaults stand: a choice needs evidence). The caller then refits
+on all measurements with the choice.
 The held-out measurements never enter a fit: the fit's operator (a mask) leaves them out, or its
 data term gives them no weight (a blur) and its warm start is made from the kept ones only.
 """
@@ -26,6 +28,7 @@ HOLD_OUT = 0.15  # the share of the measurements held out
 WEIGHT_FACTORS = (1.0, 0.1, 0.01)  # times the model's default weight, in the order they are tried
 BUDGET = 2.0  # selection's optimiser steps x pixels, at most this many times the default solve's (so <= 3x in all)
 CHECKPOINTS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # held-out scores at these shares of a run's iterations
+SIGNIFICANCE = 2.0  # a choice other than the defaults must lower the held-out misfit by this many standard errors
 CROP = 128  # selection solves on a central crop of at most this side (aligned to the flow's grid)
 OPERATORS = ("mask", "blur")
 METHODS = ("map",)
@@ -114,9 +117,11 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     sigma = noise_sigma if photons is not None else max(noise_sigma, 1e-3)
     y_held = torch.as_tensor(np.asarray(fit_y)[held], dtype=torch.float64)
 
-    def score(image) -> float:  # the held-out measurements' mean misfit under the noise model
-        ax = fit_op.forward(np.asarray(image, np.float64).reshape(fit_op.shape))
-        return float(negative_log_likelihood(torch.as_tensor(ax[held]), y_held, sigma, photons)) / int(held.sum())
+    units = _units(held, fit_op)
+
+    def score(image) -> np.ndarray:  # the held-out measurements' misfits under the noise model
+        ax = torch.as_tensor(fit_op.forward(np.asarray(image, np.float64).reshape(fit_op.shape))[held])
+        return negative_log_likelihood(ax[:, None], y_held[:, None], sigma, photons, batch=True).numpy()
 
     fit = dict(kwargs, noise_sigma=noise_sigma, photons=photons, seed=seed, ensemble=1, tile=0,
                domain_check=False, select="off")
@@ -130,36 +135,63 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
         start = _kept_warm_start(fit_y_used, fit_op_used, held, effective)  # iteration 0: the classical start
         fit["init"] = start
     marks = sorted({round(total * f) for f in CHECKPOINTS} - {0})
-    rows = []
+    rows, misfits = [], []  # misfits: (row, iteration, per-measurement misfits)
     for index, candidate in enumerate(candidates):
         weight = candidate["weight"] if candidate["weight"] is not None else min(
             rows, key=lambda row: min(s for _, s in row["scores"]))["weight"]
-        checkpoints: list[tuple[int, float]] = [] if start is None else [(0, score(start))]
+        checkpoints: list[tuple[int, np.ndarray]] = [] if start is None else [(0, score(start))]
         gen = solve(fit_y_used, fit_op_used, model, **{**fit, "weight": weight, "iterations": total,
                                                        "adapt": candidate["adapt"]},
                     _keep=keep, _watch=(marks, lambda it, x: checkpoints.append((it, score(x.cpu().numpy())))))
         result = yield from part(gen, index, len(candidates))
         if checkpoints[-1][0] != result.n_iter:
             checkpoints.append((result.n_iter, score(result.image)))
-        rows.append({"weight": float(weight), "adapt": candidate["adapt"],
-                     "scores": [[it, round(s, 6)] for it, s in checkpoints]})
+        row = {"weight": float(weight), "adapt": candidate["adapt"],
+               "scores": [[it, round(float(v.mean()), 6)] for it, v in checkpoints]}
+        rows.append(row)
+        misfits += [(row, it, v) for it, v in checkpoints]
     fixed = given.get("iterations") is not None  # the caller's budget: only a run's end competes
-    best_row, best_it, best_score = min(((row, it, s) for row in rows for it, s in row["scores"][-1 if fixed else 0:]),
-                                        key=lambda t: t[2])
-    best = (best_row["weight"], best_it, best_score)
+    default = next(m for m in misfits if m[0] is rows[0] and m[1] == rows[0]["scores"][-1][0])
+    best = min((m for m in misfits if not fixed or m[1] == m[0]["scores"][-1][0]), key=lambda m: m[2].mean())
+    z = _paired_z(default[2], best[2], units)
+    if z < SIGNIFICANCE:  # no clear evidence against the defaults: keep them
+        best = default
+    best_row, best_it = best[0], best[1]
     overrides = {}
     if given.get("weight") is None:
-        overrides["weight"] = best[0]
+        overrides["weight"] = best_row["weight"]
     if given.get("iterations") is None:
-        overrides["iterations"] = int(best[1])
+        overrides["iterations"] = int(best_it)
     if given.get("adapt") is None and best_it > 0:
         overrides["adapt"] = best_row["adapt"]
-    report = {"weight": best[0], "iterations": int(best[1]), "adapt": best_row["adapt"] and best_it > 0,
-              "held_out_score": best[2],
+    report = {"weight": best_row["weight"], "iterations": int(best_it), "adapt": best_row["adapt"] and best_it > 0,
+              "held_out_score": round(float(best[2].mean()), 6), "evidence_z": round(z, 2),
               "default_weight": float(settings["weight"]), "default_iterations": total,
               "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
               "grid": rows}
     return overrides, report
+
+
+def _units(held: np.ndarray, op) -> np.ndarray:
+    """An independent unit per held-out measurement: each pixel of a mask, each block of a blur
+    (neighbours within a block share their errors)."""
+    if op.kind != "blur":
+        return np.arange(int(held.sum()))
+    side = max(4, int(op.psf.shape[-1]) // 2 + 1)
+    index = np.indices(held.shape)
+    label = sum(index[d] * int(np.prod(held.shape[d + 1:])) for d in range(held.ndim - 2))  # the plane
+    label = (label * 100003 + index[-2] // side) * 100003 + index[-1] // side
+    return np.unique(label[held], return_inverse=True)[1]
+
+
+def _paired_z(default: np.ndarray, other: np.ndarray, units: np.ndarray) -> float:
+    """How many standard errors ``other`` lowers the mean held-out misfit below ``default``'s,
+    over independent units (the paired difference, summed per unit)."""
+    d = np.bincount(units, weights=default - other)
+    if len(d) < 2 or not np.any(d):
+        return 0.0
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean() / se) if se > 0 else float("inf") * np.sign(d.mean())
 
 
 def _kept_warm_start(y: np.ndarray, op, held: np.ndarray, noise_sigma: float) -> np.ndarray:
