@@ -6,14 +6,17 @@ part of the measurements (observed pixels of a mask; blocks of a blurred image, 
 PSF, so that neighbours do not give the held-out pixels away), solve on the rest for each prior
 weight of a grid reaching down to almost no prior (the classical start), score the held-out
 measurements' misfit under the noise model at checkpoints of each run, and keep the (weight,
-iterations) with the lowest score where it beats the defaults' own score by ``SIGNIFICANCE``
-standard errors (otherwise the defaults stand: a choice needs evidence). The caller then refits
+iterations) with the lowest score where it beats the defaults' own score clearly: by as many
+standard errors as a one-sided test at ``SIGNIFICANCE`` needs for the best of that many candidates
+(Bonferroni; otherwise the defaults stand: a choice needs evidence). The caller then refits
 on all measurements with the choice.
 The held-out measurements never enter a fit: the fit's operator (a mask) leaves them out, or its
 data term gives them no weight (a blur) and its warm start is made from the kept ones only.
 """
 
 from __future__ import annotations
+
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ HOLD_OUT = 0.15  # the share of the measurements held out
 WEIGHT_FACTORS = (1.0, 0.1, 0.01)  # times the model's default weight, in the order they are tried
 BUDGET = 2.0  # selection's optimiser steps x pixels, at most this many times the default solve's (so <= 3x in all)
 CHECKPOINTS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)  # held-out scores at these shares of a run's iterations
-SIGNIFICANCE = 2.0  # a choice other than the defaults must lower the held-out misfit by this many standard errors
+SIGNIFICANCE = 0.05  # the chance of leaving the defaults when no candidate is better (over all candidates)
 CROP = 128  # selection solves on a central crop of at most this side (aligned to the flow's grid)
 OPERATORS = ("mask", "blur")
 METHODS = ("map",)
@@ -154,7 +157,9 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     default = next(m for m in misfits if m[0] is rows[0] and m[1] == rows[0]["scores"][-1][0])
     best = min((m for m in misfits if not fixed or m[1] == m[0]["scores"][-1][0]), key=lambda m: m[2].mean())
     z = _paired_z(default[2], best[2], units)
-    if z < SIGNIFICANCE:  # no clear evidence against the defaults: keep them
+    competing = sum(1 for m in misfits if not fixed or m[1] == m[0]["scores"][-1][0]) - 1
+    needed = NormalDist().inv_cdf(1 - SIGNIFICANCE / max(competing, 1))  # Bonferroni: the best of many
+    if z < needed:  # no clear evidence against the defaults: keep them
         best = default
     best_row, best_it = best[0], best[1]
     overrides = {}
@@ -165,7 +170,7 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     if given.get("adapt") is None and best_it > 0:
         overrides["adapt"] = best_row["adapt"]
     report = {"weight": best_row["weight"], "iterations": int(best_it), "adapt": best_row["adapt"] and best_it > 0,
-              "held_out_score": round(float(best[2].mean()), 6), "evidence_z": round(z, 2),
+              "held_out_score": round(float(best[2].mean()), 6), "evidence_z": round(z, 2), "needed_z": round(needed, 2),
               "default_weight": float(settings["weight"]), "default_iterations": total,
               "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
               "grid": rows}
