@@ -719,3 +719,19 @@ def test_run_summary_shows_the_selection_when_there_is_one():
     assert run_summary(info).splitlines()[1] == "selection: weight and iterations given by the caller"
     info["params"] = {"selection": "not a dict"}
     assert "selection" not in run_summary(info)
+
+
+def test_the_widget_shows_the_selection_and_can_turn_it_off(make_napari_viewer, qtbot, models):
+    viewer = make_napari_viewer()
+    viewer.add_image(test_image(), name="cells")
+    widget = make_widget(viewer, "ReconstructWidget")
+    quick(widget)
+    assert widget.select.value is True  # on by default, in the advanced section
+    run_and_wait(qtbot, widget)
+    chosen = result(viewer, "cells reconstruction").metadata["napari_flow_prior"]["params"]["selection"]
+    assert chosen["default_iterations"] == 5 and "grid" in chosen
+    assert "\nselection: prior weight" in widget.metrics.value
+    widget.select.value = False
+    run_and_wait(qtbot, widget)
+    params = viewer.layers["cells reconstruction [map #2]"].metadata["napari_flow_prior"]["params"]
+    assert "selection" not in params and "selection" not in widget.metrics.value
