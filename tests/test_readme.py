@@ -59,7 +59,7 @@ def test_solver_defaults_example_prints_what_its_comment_says():
 
 
 @pytest.mark.parametrize("marker", ["x = sample_image(\"nuclei\", 128)", "model.bits_per_dim(block",
-                                    "photons=20, seed=0"])
+                                    "photons=20, seed=0", "adapt=True, select=\"off\""])
 def test_self_contained_example_runs(marker):
     page, source = block_with(marker)
     assert run_example(str(page.relative_to(ROOT)), source).strip(), "the example prints its result"
