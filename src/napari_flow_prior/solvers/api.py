@@ -10,10 +10,10 @@ import numpy as np
 
 from ..devices import resolve_device
 from ..flows import as_model
-from .density import is_dask
 from . import select as selection
-from .engine import reconstruct_steps, rescaled
-from .result import Progress, Result, part, run_to_end
+from .density import is_dask
+from .engine import reconstruct_steps
+from .result import Progress, Result, part, rescaled, run_to_end
 
 PLANE_STEPS = 1000  # a stack whose planes take different numbers of steps: progress per plane on this scale
 

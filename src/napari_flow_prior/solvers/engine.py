@@ -31,7 +31,7 @@ from .density import log_density
 from .guard import domain_guard
 from .optimize import minimize
 from .problem import Setup, start_image
-from .result import Progress, Result, relay
+from .result import Progress, Result, relay, rescaled
 
 NOISE_FLOOR = 1e-3  # the smallest sigma the MAP data term uses (noise-free data is still quantised)
 # memory_saving="auto" switches memory-saving gradients on for images of at least this many pixels
@@ -146,63 +146,74 @@ def reconstruct_steps(
     sigma_eff = effective_sigma(y, noise_sigma, photons, op)  # where one sigma stands for the noise
     report, scale = None, None
     if _frame is None and _keep is None and selection.check_select(select):  # once per image, not per part
-        why_not = selection.applies(method, op.kind, given)  # _chosen: another plane's choice, for this one
-        report = {"skipped": why_not} if why_not else None
-        if why_not is None:
-            options = dict(method=method, init=init, tol=tol, device=device, cancel=cancel, cuda_graph=cuda_graph,
-                           memory_saving=memory_saving, **{k: v for k, v in given.items()
-                                                           if k not in ("weight", "iterations", "ensemble")})
-            # one progress scale for the job: the selection's fits, then the refit (its default length)
-            fits = 0 if _chosen else selection.planned_steps(op, model, settings, given)
-            refit = int(settings["iterations"]) * int(settings["ensemble"])
-            chosen, report = _chosen or (yield from rescaled(
-                selection.choose(reconstruct_steps, y, op, model, settings, given, noise_sigma, photons, seed,
-                                 sigma_eff, **options), 0, fits, fits + refit))
-            if chosen.get("iterations") == 0:  # the classical start beat every prior-weighted step
-                result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0)
-                result.params["selection"] = report
-                return result
-            given.update(chosen)
-            settings.update(chosen)
-            scale = (fits, refit, fits + refit)
-
-    def solve_all():  # the solve with the settings: an ensemble, tiles, or the whole image at once
-        # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
-        passed = dict(method=method, noise_sigma=noise_sigma, photons=photons, init=init, tol=tol, device=device,
-                      seed=seed, cancel=cancel, cuda_graph=cuda_graph, select="off",
-                      **{k: v for k, v in given.items() if k != "ensemble"})
-        frames = symmetry_frames(model, settings["ensemble"]) if _frame is None else (_frame,)
-        if len(frames) > 1:  # each member decides its own memory saving and tiles
-            member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
-                          memory_budget=memory_budget, _pixels=_pixels)
-            result = yield from parts.ensemble(reconstruct_steps, y, op, model, frames, t0, sigma_eff, **member)
-        else:
-            plan = plan_solve(model, op, method, settings, device, memory_saving, tile, memory_budget, cuda_graph)
-            part_kwargs = dict(passed, memory_saving=plan.memory_saving, _frame=frames[0])
-            if plan.tile:
-                result = yield from parts.tiled(reconstruct_steps, y, op, model, plan.tile, overlap, t0, **part_kwargs)
-            else:
-                failed = False
-                try:
-                    result = yield from solve_whole(y, op, model, method, settings, plan, frames[0], init=init,
-                                                    noise_sigma=noise_sigma, photons=photons, sigma_eff=sigma_eff,
-                                                    tol=tol, seed=seed, cancel=cancel, n_pixels=_pixels, t0=t0,
-                                                    keep=_keep, watch=_watch)
-                except RuntimeError as error:  # torch.OutOfMemoryError is one
-                    if not (out_of_memory(error) and tile is None and tiling.tileable(model, op)):
-                        raise
-                    failed = True  # handled below, once the failed solve's tensors are released with `error`
-                if failed:
-                    small = fallback_tile(model, op, plan.device)
-                    result = yield from parts.tiled(reconstruct_steps, y, op, model, small, overlap, t0,
-                                                    **{**part_kwargs, "memory_saving": True})
-        return result
-
-    result = yield from (rescaled(solve_all(), *scale) if scale else solve_all())
+        options = dict(method=method, init=init, tol=tol, device=device, cancel=cancel, cuda_graph=cuda_graph,
+                       memory_saving=memory_saving)
+        report, scale = yield from choose_settings(y, op, model, settings, given, noise_sigma, photons, seed,
+                                                   sigma_eff, options, _chosen)
+        if report.get("iterations") == 0:  # the classical start beat every prior-weighted step
+            result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0)
+            result.params["selection"] = report
+            return result
+    solve = solve_parts(y, op, model, method, settings, given, noise_sigma=noise_sigma, photons=photons,
+                        sigma_eff=sigma_eff, init=init, tol=tol, device=device, seed=seed, cancel=cancel,
+                        cuda_graph=cuda_graph, memory_saving=memory_saving, tile=tile, overlap=overlap,
+                        memory_budget=memory_budget, t0=t0, pixels=_pixels, frame=_frame, keep=_keep, watch=_watch)
+    result = yield from (rescaled(solve, *scale) if scale else solve)
     result = domain_guard(result, y, op, model, sigma_eff, domain_check and _frame is None)
     if report is not None:
         result.params["selection"] = report
     return result
+
+
+def choose_settings(y, op, model, settings, given, noise_sigma, photons, seed, sigma_eff, options, chosen=None):
+    """Generator: the per-image selection (``select.choose``) where it applies, its overrides
+    written into ``settings`` and ``given``; returns (report, progress scale of the refit or None).
+    ``chosen``: another plane's (overrides, report), taken as they are."""
+    why_not = selection.applies(options["method"], op.kind, given)
+    if why_not:
+        return {"skipped": why_not}, None
+    # one progress scale for the job: the selection's fits, then the refit (its default length)
+    fits = 0 if chosen else selection.planned_steps(op, model, settings, given)
+    refit = int(settings["iterations"]) * int(settings["ensemble"])
+    passed = {k: v for k, v in given.items() if k not in ("weight", "iterations", "ensemble")}
+    overrides, report = chosen or (yield from rescaled(
+        selection.choose(reconstruct_steps, y, op, model, settings, given, noise_sigma, photons, seed, sigma_eff,
+                         **options, **passed), 0, fits, fits + refit))
+    given.update(overrides)
+    settings.update(overrides)
+    return report, (fits, refit, fits + refit)
+
+
+def solve_parts(y, op, model, method, settings, given, *, noise_sigma, photons, sigma_eff, init, tol, device, seed,
+                cancel, cuda_graph, memory_saving, tile, overlap, memory_budget, t0, pixels, frame, keep, watch):
+    """Generator: the solve with its settings, as an ensemble over symmetry frames, as tiles, or the
+    whole image at once (tiles after an out-of-memory error); returns the ``Result``."""
+    # the caller's arguments, passed on to the parts (ensemble members, tiles) of this solve
+    passed = dict(method=method, noise_sigma=noise_sigma, photons=photons, init=init, tol=tol, device=device,
+                  seed=seed, cancel=cancel, cuda_graph=cuda_graph, select="off",
+                  **{k: v for k, v in given.items() if k != "ensemble"})
+    frames = symmetry_frames(model, settings["ensemble"]) if frame is None else (frame,)
+    if len(frames) > 1:  # each member decides its own memory saving and tiles
+        member = dict(passed, memory_saving=memory_saving, tile=tile, overlap=overlap,
+                      memory_budget=memory_budget, _pixels=pixels)
+        return (yield from parts.ensemble(reconstruct_steps, y, op, model, frames, t0, sigma_eff, **member))
+    plan = plan_solve(model, op, method, settings, device, memory_saving, tile, memory_budget, cuda_graph)
+    part_kwargs = dict(passed, memory_saving=plan.memory_saving, _frame=frames[0])
+    if plan.tile:
+        return (yield from parts.tiled(reconstruct_steps, y, op, model, plan.tile, overlap, t0, **part_kwargs))
+    failed = False
+    try:
+        return (yield from solve_whole(y, op, model, method, settings, plan, frames[0], init=init,
+                                       noise_sigma=noise_sigma, photons=photons, sigma_eff=sigma_eff, tol=tol,
+                                       seed=seed, cancel=cancel, n_pixels=pixels, t0=t0, keep=keep, watch=watch))
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
+        if not (out_of_memory(error) and tile is None and tiling.tileable(model, op)):
+            raise
+        failed = True  # handled below, once the failed solve's tensors are released with `error`
+    if failed:
+        small = fallback_tile(model, op, plan.device)
+        return (yield from parts.tiled(reconstruct_steps, y, op, model, small, overlap, t0,
+                                       **{**part_kwargs, "memory_saving": True}))
 
 
 def resolve_settings(method: str, kind: str, model: FlowModel, given: dict, tol: float) -> dict:
@@ -341,17 +352,6 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
                   seconds=time.time() - t0, device=str(dev), method=method, params=params, noise_sigma=noise_sigma,
                   std=None if std is None else std.reshape(shape).cpu().numpy().astype(np.float32),
                   adapted_model=setup.adapted)
-
-
-def rescaled(gen, start: int, length: int, grand: int):
-    """Re-yield a solve's progress mapped onto ``[start, start + length]`` of a job of ``grand``
-    steps, and return its value."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(start + round(length * p.iteration / max(p.total, 1)), grand, p.loss)
 
 
 def watched(steps, image, marks, callback):

@@ -67,3 +67,14 @@ def part(gen, index: int, parts: int):
         except StopIteration as stop:
             return stop.value
         yield Progress(index * p.total + p.iteration, parts * p.total, p.loss)
+
+
+def rescaled(gen, start: int, length: int, grand: int):
+    """Re-yield a solve's progress mapped onto ``[start, start + length]`` of a job of ``grand``
+    steps, and return its value."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(start + round(length * p.iteration / max(p.total, 1)), grand, p.loss)
