@@ -44,8 +44,8 @@ def psnr(a, b):
 
 @pytest.mark.parametrize("kind", ["mask", "blur"])
 def test_held_out_measurements_never_reach_a_fit(model, image, kind, monkeypatch):
-    """Changing only the held-out measurements changes no fit (start, images at every step): only
-    their scores move."""
+    """Changing only the held-out measurements changes no fit (the classical candidates for the
+    start, the images at every step): only their scores move."""
     op = operator(kind, image.shape)
     y = op.measure(image, noise_sigma=0.01, seed=0)
     held = selection.hold_out(y, op, seed=0)
@@ -61,11 +61,23 @@ def test_held_out_measurements_never_reach_a_fit(model, image, kind, monkeypatch
         fits.append((np.array(kwargs["init"]), images))
         return (yield from real(*args, **kwargs))
 
+    real_classical, candidates = selection._kept_classical, []
+
+    def first_classical(*args):  # every candidate recorded; the first one starts the fits
+        found = list(real_classical(*args))
+        candidates.append(found)
+        return found[:1]
+
+    monkeypatch.setattr(selection, "_kept_classical", first_classical)
     reports = []
     for values in (y, np.where(held, 1.0 - y, y).astype(np.float32)):
         monkeypatch.setattr(engine, "reconstruct_steps", recorded)
         result = nfp.reconstruct(values, op, model, noise_sigma=0.01, iterations=20, seed=0)
         reports.append(result.params["selection"])
+    assert len(candidates[0]) == len(candidates[1]) > 1  # the classical methods of the start ...
+    for (name_a, point_a, a), (name_b, point_b, b) in zip(*candidates):
+        assert (name_a, point_a) == (name_b, point_b)
+        np.testing.assert_array_equal(a, b)  # ... never see the held-out values either
     half = len(fits) // 2
     assert half == len(reports[0]["grid"]) >= 2
     for (start_a, images_a), (start_b, images_b) in zip(fits[:half], fits[half:]):

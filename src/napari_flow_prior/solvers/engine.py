@@ -144,14 +144,16 @@ def reconstruct_steps(
                          f"{op.kind!r} measurements are not photon counts: give noise_sigma only")
     noise_sigma = resolve_noise(noise_sigma, y, op, photons)
     sigma_eff = effective_sigma(y, noise_sigma, photons, op)  # where one sigma stands for the noise
-    report, scale = None, None
+    report, scale, start_name = None, None, None
     if _frame is None and _keep is None and selection.check_select(select):  # once per image, not per part
         options = dict(method=method, init=init, tol=tol, device=device, cancel=cancel, cuda_graph=cuda_graph,
                        memory_saving=memory_saving)
         report, scale = yield from choose_settings(y, op, model, settings, given, noise_sigma, photons, seed,
                                                    sigma_eff, options, _chosen)
+        if report.get("classical"):  # the start: the classical method the held-out split chose
+            init, start_name = selection.classical_image(y, op, report, sigma_eff), report["classical"]["name"]
         if report.get("iterations") == 0:  # the classical start beat every prior-weighted step
-            result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0)
+            result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0, start_name)
             result.params["selection"] = report
             return result
     solve = solve_parts(y, op, model, method, settings, given, noise_sigma=noise_sigma, photons=photons,
@@ -364,14 +366,15 @@ def watched(steps, image, marks, callback):
                 callback(it, image())
 
 
-def classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0) -> Result:
+def classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0, name=None) -> Result:
     """The solve's start as the result (selection found no prior-weighted step that helps): the
-    matching classical reconstruction, or the caller's own start image."""
+    classical reconstruction ``name`` made (the matching one for "baseline"), or the caller's image."""
     from ..baselines import warm_start_name
 
     dev = resolve_device(device)
     image = start_image(init, y, op, sigma_eff, torch.device("cpu"), torch.float32).numpy()
-    params = {"method": method, "classical_start": warm_start_name(op) if isinstance(init, str) else "image",
+    name = name or (warm_start_name(op) if isinstance(init, str) else "image")
+    params = {"method": method, "classical_start": name,
               "noise_sigma": noise_sigma, "operator": op.describe(), "model": model.metadata.get("name"),
               "model_sha256": model.metadata.get("sha256"), "iterations": 0}
     return Result(image=image.astype(np.float32), log_density=log_density(image, model, device=str(dev)), losses=[],

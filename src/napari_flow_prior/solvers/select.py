@@ -133,9 +133,13 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
         fit_y_used, keep = np.where(held, 0, fit_y).astype(np.float32), None
     else:  # a blur: no data weight on them, and a warm start from the kept measurements only
         fit_op_used, keep, fit_y_used = fit_op, ~held, np.asarray(fit_y)
-    start = None
+    start, classical = None, None
     if isinstance(kwargs.get("init", "baseline"), str) and kwargs.get("init", "baseline") == "baseline":
-        start = _kept_warm_start(fit_y_used, fit_op_used, held, effective)  # iteration 0: the classical start
+        # iteration 0: the classical method (and its parameters) with the lowest held-out misfit
+        tried = [(float(score(image).mean()), name, point, image)
+                 for name, point, image in _kept_classical(fit_y_used, fit_op_used, held, effective)]
+        value, name, point, start = min(tried, key=lambda t: t[0])
+        classical = {"name": name, "params": point, "held_out_score": round(value, 6), "tried": len(tried)}
         fit["init"] = start
     marks = sorted({round(total * f) for f in CHECKPOINTS} - {0})
     rows, misfits = [], []  # misfits: (row, iteration, per-measurement misfits)
@@ -172,7 +176,7 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     report = {"weight": best_row["weight"], "iterations": int(best_it), "adapt": best_row["adapt"] and best_it > 0,
               "held_out_score": round(float(best[2].mean()), 6), "evidence_z": round(z, 2), "needed_z": round(needed, 2),
               "default_weight": float(settings["weight"]), "default_iterations": total,
-              "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
+              "classical": classical, "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
               "grid": rows}
     return overrides, report
 
@@ -199,20 +203,32 @@ def _paired_z(default: np.ndarray, other: np.ndarray, units: np.ndarray) -> floa
     return float(d.mean() / se) if se > 0 else float("inf") * np.sign(d.mean())
 
 
-def _kept_warm_start(y: np.ndarray, op, held: np.ndarray, noise_sigma: float) -> np.ndarray:
-    """The classical start from the kept measurements only: a mask's warm start without the held-out
-    pixels; for a blur, the held-out blocks of the blurred image filled by biharmonic inpainting,
-    then the operator's matching deconvolution."""
-    from ..baselines import run_baseline, warm_start
+def _kept_classical(y: np.ndarray, op, held: np.ndarray, noise_sigma: float):
+    """(name, params, image) for every classical method of the operator's kind over its grid
+    (``baselines.PARAM_GRIDS``), from the kept measurements only: a mask's without the held-out
+    pixels; for a blur, the held-out blocks of the blurred image first filled by biharmonic
+    inpainting."""
+    from ..baselines import BASELINES, PARAM_GRIDS, _grid_points, run_baseline
 
-    if op.kind == "mask":
-        return np.clip(warm_start(y, op, noise_sigma), 0, 1).astype(np.float32)
-    planes = np.asarray(y, np.float64).reshape(-1, *op.shape[-2:])
-    missing = held.reshape(-1, *op.shape[-2:])
-    filled = np.stack([run_baseline("biharmonic", np.where(m, 0, p), ops.Mask.from_missing(m), noise_sigma=0.0)
-                       for p, m in zip(planes, missing)]).reshape(op.out_shape)
-    start = warm_start(filled.astype(np.float32), op, noise_sigma)
-    return np.clip(start, 0, 1).astype(np.float32)
+    if op.kind == "blur":
+        planes = np.asarray(y, np.float64).reshape(-1, *op.shape[-2:])
+        missing = held.reshape(-1, *op.shape[-2:])
+        y = np.stack([run_baseline("biharmonic", np.where(m, 0, p), ops.Mask.from_missing(m), noise_sigma=0.0)
+                      for p, m in zip(planes, missing)]).reshape(op.out_shape).astype(np.float32)
+    for name in BASELINES[op.kind]:
+        for point in _grid_points(PARAM_GRIDS[name]):
+            image = run_baseline(name, y, op, params=point, noise_sigma=noise_sigma)
+            if np.isfinite(image).all():
+                yield name, point, np.clip(image, 0, 1).astype(np.float32)
+
+
+def classical_image(y, op, report: dict, noise_sigma: float) -> np.ndarray:
+    """The selection's classical method, with its parameters, on all the measurements."""
+    from ..baselines import run_baseline
+
+    chosen = report["classical"]
+    image = run_baseline(chosen["name"], y, op, params=chosen["params"], noise_sigma=noise_sigma)
+    return np.clip(np.asarray(image, np.float32).reshape(op.shape), 0, 1)
 
 
 def summary(report: dict) -> str:
