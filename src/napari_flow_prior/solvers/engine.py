@@ -29,7 +29,7 @@ from .checks import check_inputs, check_posterior, check_solve_values
 from .frames import Frame, symmetry_frames
 from .density import log_density
 from .guard import domain_guard
-from .optimize import minimize
+from .optimize import minimize, watched
 from .problem import Setup, start_image
 from .result import Progress, Result, relay, rescaled
 
@@ -354,16 +354,6 @@ def solve_whole(y, op, model, method, settings, plan: Plan, frame: Frame, *, ini
                   seconds=time.time() - t0, device=str(dev), method=method, params=params, noise_sigma=noise_sigma,
                   std=None if std is None else std.reshape(shape).cpu().numpy().astype(np.float32),
                   adapted_model=setup.adapted)
-
-
-def watched(steps, image, marks, callback):
-    """Re-yield an optimiser's steps, calling ``callback(iteration, image())`` at the iterations ``marks``."""
-    marks = set(marks)
-    for it, value in steps:
-        yield it, value
-        if it in marks:
-            with torch.no_grad():
-                callback(it, image())
 
 
 def classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0, name=None) -> Result:

@@ -142,3 +142,13 @@ def minimize(params, objective, *, iterations, optimizer, lr, tol, cancel, graph
         if calm >= 5:
             break
     restore_best()
+
+
+def watched(steps, image, marks, callback):
+    """Re-yield an optimiser's steps, calling ``callback(iteration, image())`` at the iterations ``marks``."""
+    marks = set(marks)
+    for it, value in steps:
+        yield it, value
+        if it in marks:
+            with torch.no_grad():
+                callback(it, image())
