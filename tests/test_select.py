@@ -72,7 +72,7 @@ def test_held_out_measurements_never_reach_a_fit(model, image, kind, monkeypatch
     reports = []
     for values in (y, np.where(held, 1.0 - y, y).astype(np.float32)):
         monkeypatch.setattr(engine, "reconstruct_steps", recorded)
-        result = nfp.reconstruct(values, op, model, noise_sigma=0.01, iterations=20, seed=0)
+        result = nfp.reconstruct(values, op, model, noise_sigma=0.01, seed=0)
         reports.append(result.params["selection"])
     assert len(candidates[0]) == len(candidates[1]) > 1  # the classical methods of the start ...
     for (name_a, point_a, a), (name_b, point_b, b) in zip(*candidates):

@@ -150,8 +150,8 @@ def reconstruct_steps(
                        memory_saving=memory_saving)
         report, scale = yield from choose_settings(y, op, model, settings, given, noise_sigma, photons, seed,
                                                    sigma_eff, options, _chosen)
-        if report.get("classical"):  # the start: the classical method the held-out split chose
-            init, start_name = selection.classical_image(y, op, report, sigma_eff), report["classical"]["name"]
+        if report.get("classical"):  # a classical method, tuned on the held-out split, beat every solve
+            init, start_name = selection.classical_image(y, op, report, sigma_eff), report["classical"]["classical"]
         if report.get("iterations") == 0:  # the classical start beat every prior-weighted step
             result = classical_start(y, op, model, method, init, sigma_eff, noise_sigma, device, t0, start_name)
             result.params["selection"] = report

@@ -133,14 +133,16 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
         fit_y_used, keep = np.where(held, 0, fit_y).astype(np.float32), None
     else:  # a blur: no data weight on them, and a warm start from the kept measurements only
         fit_op_used, keep, fit_y_used = fit_op, ~held, np.asarray(fit_y)
-    start, classical = None, None
+    from ..baselines import warm_start
+
+    start, classical = None, []
     if isinstance(kwargs.get("init", "baseline"), str) and kwargs.get("init", "baseline") == "baseline":
-        # iteration 0: the classical method (and its parameters) with the lowest held-out misfit
-        tried = [(float(score(image).mean()), name, point, image)
-                 for name, point, image in _kept_classical(fit_y_used, fit_op_used, held, effective)]
-        value, name, point, start = min(tried, key=lambda t: t[0])
-        classical = {"name": name, "params": point, "held_out_score": round(value, 6), "tried": len(tried)}
+        kept_y = _kept_input(fit_y_used, fit_op_used, held)
+        start = np.clip(warm_start(kept_y, fit_op_used, effective), 0, 1).astype(np.float32)  # the fits' start
         fit["init"] = start
+        if not given.get("iterations"):  # iteration 0 competes: every classical method over its grid
+            classical = [({"classical": name, "params": point}, 0, score(image))
+                         for name, point, image in _kept_classical(kept_y, fit_op_used, effective)]
     marks = sorted({round(total * f) for f in CHECKPOINTS} - {0})
     rows, misfits = [], []  # misfits: (row, iteration, per-measurement misfits)
     for index, candidate in enumerate(candidates):
@@ -159,6 +161,7 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
         misfits += [(row, it, v) for it, v in checkpoints]
     fixed = given.get("iterations") is not None  # the caller's budget: only a run's end competes
     default = next(m for m in misfits if m[0] is rows[0] and m[1] == rows[0]["scores"][-1][0])
+    misfits += classical
     best = min((m for m in misfits if not fixed or m[1] == m[0]["scores"][-1][0]), key=lambda m: m[2].mean())
     z = _paired_z(default[2], best[2], units)
     competing = sum(1 for m in misfits if not fixed or m[1] == m[0]["scores"][-1][0]) - 1
@@ -166,6 +169,10 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     if z < needed:  # no clear evidence against the defaults: keep them
         best = default
     best_row, best_it = best[0], best[1]
+    chosen_classical = {**best_row, "held_out_score": round(float(best[2].mean()), 6)} if "classical" in best_row \
+        else None
+    if chosen_classical:
+        best_row = {"weight": float(settings["weight"]), "adapt": False}
     overrides = {}
     if given.get("weight") is None:
         overrides["weight"] = best_row["weight"]
@@ -176,7 +183,7 @@ def choose(solve, y, op, model, settings: dict, given: dict, noise_sigma: float,
     report = {"weight": best_row["weight"], "iterations": int(best_it), "adapt": best_row["adapt"] and best_it > 0,
               "held_out_score": round(float(best[2].mean()), 6), "evidence_z": round(z, 2), "needed_z": round(needed, 2),
               "default_weight": float(settings["weight"]), "default_iterations": total,
-              "classical": classical, "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
+              "classical": chosen_classical, "classical_tried": len(classical), "held_out": float(held.mean()), "crop": None if crop is None else [crop.r0, crop.r1, crop.c0, crop.c1],
               "grid": rows}
     return overrides, report
 
@@ -203,18 +210,24 @@ def _paired_z(default: np.ndarray, other: np.ndarray, units: np.ndarray) -> floa
     return float(d.mean() / se) if se > 0 else float("inf") * np.sign(d.mean())
 
 
-def _kept_classical(y: np.ndarray, op, held: np.ndarray, noise_sigma: float):
+def _kept_input(y: np.ndarray, op, held: np.ndarray) -> np.ndarray:
+    """The measurements a classical method may see: a mask's as they are (the held-out pixels are
+    unobserved), a blur's with the held-out blocks filled by biharmonic inpainting of the rest."""
+    from ..baselines import run_baseline
+
+    if op.kind != "blur":
+        return y
+    planes = np.asarray(y, np.float64).reshape(-1, *op.shape[-2:])
+    missing = held.reshape(-1, *op.shape[-2:])
+    return np.stack([run_baseline("biharmonic", np.where(m, 0, p), ops.Mask.from_missing(m), noise_sigma=0.0)
+                     for p, m in zip(planes, missing)]).reshape(op.out_shape).astype(np.float32)
+
+
+def _kept_classical(y: np.ndarray, op, noise_sigma: float):
     """(name, params, image) for every classical method of the operator's kind over its grid
-    (``baselines.PARAM_GRIDS``), from the kept measurements only: a mask's without the held-out
-    pixels; for a blur, the held-out blocks of the blurred image first filled by biharmonic
-    inpainting."""
+    (``baselines.PARAM_GRIDS``), from the kept measurements ``y`` (``_kept_input``)."""
     from ..baselines import BASELINES, PARAM_GRIDS, _grid_points, run_baseline
 
-    if op.kind == "blur":
-        planes = np.asarray(y, np.float64).reshape(-1, *op.shape[-2:])
-        missing = held.reshape(-1, *op.shape[-2:])
-        y = np.stack([run_baseline("biharmonic", np.where(m, 0, p), ops.Mask.from_missing(m), noise_sigma=0.0)
-                      for p, m in zip(planes, missing)]).reshape(op.out_shape).astype(np.float32)
     for name in BASELINES[op.kind]:
         for point in _grid_points(PARAM_GRIDS[name]):
             image = run_baseline(name, y, op, params=point, noise_sigma=noise_sigma)
@@ -227,7 +240,7 @@ def classical_image(y, op, report: dict, noise_sigma: float) -> np.ndarray:
     from ..baselines import run_baseline
 
     chosen = report["classical"]
-    image = run_baseline(chosen["name"], y, op, params=chosen["params"], noise_sigma=noise_sigma)
+    image = run_baseline(chosen["classical"], y, op, params=chosen["params"], noise_sigma=noise_sigma)
     return np.clip(np.asarray(image, np.float32).reshape(op.shape), 0, 1)
 
 
@@ -235,6 +248,11 @@ def summary(report: dict) -> str:
     """One line for a log: what was chosen against the defaults."""
     if "weight" not in report:
         return f"selection: {report.get('skipped', 'off')}"
+    classical = report.get("classical")
+    if classical:
+        params = ", ".join(f"{k}={v:g}" for k, v in classical["params"].items())
+        return (f"selection: the classical {classical['classical']}{f' ({params})' if params else ''}, "
+                f"held-out misfit {classical['held_out_score']:.4g}: no prior-weighted solve beat it")
     return (f"selection: prior weight {report['weight']:.3g} (default {report['default_weight']:.3g}), "
             f"{report['iterations']} iterations (default {report['default_iterations']}), "
             f"{'adapted flow, ' if report.get('adapt') else ''}"
