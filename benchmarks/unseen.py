@@ -184,6 +184,8 @@ def table(entries: list[dict]) -> str:
     lines = ["| prior | source | problem | crops | flow (default) | flow, select off | best oracle classical | "
              "flow - oracle | seconds flow / off |", "|---|---|---|---|---|---|---|---|---|"]
     for (prior, source, problem), by in sorted(groups.items()):
+        crops = set.intersection(*({r["crop"] for r in rows} for rows in by.values()))  # crops every method ran
+        by = {m: [r for r in rows if r["crop"] in crops] for m, rows in by.items()}
         def cell(method):
             rows = by.get(method) or (by.get("flow off") if method == "flow" and problem.startswith("cs") else None)
             if not rows:
@@ -208,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", type=int, default=8)
     ap.add_argument("--methods", default="oracle,flow off,flow")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table-only", action="store_true",
+                    help="write the table from the cached results of the current code, run nothing")
     args = ap.parse_args(argv)
     import torch
 
@@ -217,7 +221,11 @@ def main(argv=None) -> int:
     cache = Cache(CACHE)
     names = args.sources.split(",") if args.sources else None
     done = []
-    for prior_name in args.priors.split(","):
+    if args.table_only:
+        current = {m: code_hash(m) for m in ("oracle", "flow off", "flow")}
+        done = [e for e in cache.entries.values() if e["key"].endswith(current[e["method"]])
+                and e["prior"] in args.priors.split(",") and (names is None or e["source"] in names)]
+    for prior_name in [] if args.table_only else args.priors.split(","):
         model = nfp.load_model(prior_name)
         model_hash = model.metadata.get("sha256", prior_name)[:12]
         for source, (what, crops) in sources_for(prior_name, names, args.crops).items():
