@@ -60,11 +60,13 @@ SIZE = 128
 
 
 def normalise(a: np.ndarray) -> np.ndarray:
+    """Grey (RGB by luminance), scaled like the prepared sources (``unseen_sources.scale01``)."""
+    from unseen_sources import scale01
+
     a = np.asarray(a, np.float64)
     if a.ndim == 3:
         a = a[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
-    lo, hi = np.percentile(a, [1.0, 99.8])
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+    return scale01(a)
 
 
 def grid_crops(image: np.ndarray, n: int, size: int = SIZE, min_std: float = 0.04) -> list[tuple[str, np.ndarray]]:

@@ -10,30 +10,6 @@ from napari_flow_prior.solvers import engine
 from napari_flow_prior.solvers import select as selection
 
 
-@pytest.fixture(scope="module")
-def model():
-    """A tiny Glow fitted for a few steps to smooth blobs (as in test_solvers)."""
-    torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
-    centres = torch.rand(128, 2) * 16
-    data = torch.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 20)[:, None]
-    m = nfp.build_model("glow", levels=2, steps=2, hidden=16, seed=0)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(60):
-        batch = (torch.round(data[torch.randint(0, 128, (32,))] * 255) + torch.rand(32, 1, 16, 16)) / 256
-        loss = -m.log_prob(batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
-
-
-@pytest.fixture
-def image():
-    yy, xx = np.mgrid[0:16, 0:16]
-    return (0.15 + 0.7 * np.exp(-((yy - 7.0) ** 2 + (xx - 9.0) ** 2) / 18)).astype(np.float32)
-
-
 def operator(kind, shape):
     return ops.Mask.random(shape, 0.5, seed=0) if kind == "mask" else ops.Blur(shape, sigma=1.0)
 
